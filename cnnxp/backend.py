@@ -1,0 +1,226 @@
+"""Devices, their array namespaces, and moving arrays between them.
+
+A device is named by a string at the edges of the program (``"cpu"``,
+``"cuda"``, ``"cuda:N"``) or, for any other Array API library, by that
+library's own device object together with its namespace. Everything below the
+edges gets its namespace from its input arrays instead.
+
+CuPy is imported only when a CUDA device is asked for, so ``import cnnxp``
+never touches CUDA.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+__all__ = [
+    "Device",
+    "DeviceError",
+    "DeviceUnavailableError",
+    "get_device",
+    "to_device",
+    "to_numpy",
+    "describe",
+    "check_input",
+    "cuda_available",
+]
+
+_DEVICE_FORMS = "'cpu', 'cuda' or 'cuda:N' (N = GPU index, e.g. 'cuda:0')"
+_CUDA_RE = re.compile(r"^cuda(?::(\d+))?$")
+
+
+class DeviceError(ValueError):
+    """An input array lives on a different device or array library than the model."""
+
+
+class DeviceUnavailableError(RuntimeError):
+    """The requested device cannot be used on this machine."""
+
+
+@dataclass(frozen=True, eq=False)
+class Device:
+    """A resolved device: a display name, its array namespace and the native device object.
+
+    ``native`` is what ``xp.asarray(..., device=native)`` accepts and what
+    ``array_api_compat.device(x)`` returns for arrays that live there.
+    """
+
+    name: str
+    xp: ModuleType
+    native: Any
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Device):
+            return NotImplemented
+        return self.xp is other.xp and self.native == other.native
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"Device({self.name!r})"
+
+
+_CPU = Device("cpu", array_api_compat.numpy, "cpu")
+
+
+def _import_cupy():
+    try:
+        import cupy
+    except ImportError as exc:
+        raise DeviceUnavailableError(
+            "device 'cuda' needs CuPy, which is not installed: "
+            "pip install 'cnnxp[cuda12]' (CUDA 12) or 'cnnxp[cuda13]' (CUDA 13), or use --device cpu"
+        ) from exc
+    return cupy
+
+
+def _gpu_count(cupy) -> int:
+    try:
+        return int(cupy.cuda.runtime.getDeviceCount())
+    except Exception:  # CUDARuntimeError when there is no driver or no GPU
+        return 0
+
+
+def cuda_available() -> bool:
+    """True when CuPy imports and sees at least one GPU."""
+    try:
+        cupy = _import_cupy()
+    except DeviceUnavailableError:
+        return False
+    return _gpu_count(cupy) > 0
+
+
+def _cuda_device(index: int) -> Device:
+    cupy = _import_cupy()
+    count = _gpu_count(cupy)
+    if count == 0:
+        raise DeviceUnavailableError(
+            f"device 'cuda:{index}' is not available: CuPy is installed but finds no CUDA GPU; use --device cpu"
+        )
+    if index >= count:
+        valid = ", ".join(f"cuda:{i}" for i in range(count))
+        raise DeviceUnavailableError(
+            f"device 'cuda:{index}' does not exist: this machine has {count} GPU(s) ({valid})"
+        )
+    import array_api_compat.cupy as cupy_xp
+
+    return Device(f"cuda:{index}", cupy_xp, cupy.cuda.Device(index))
+
+
+def get_device(device: Any = "cpu", xp: ModuleType | None = None) -> Device:
+    """Resolve a device name (or a library's device object with its namespace) to a `Device`.
+
+    Parameters
+    ----------
+    device : str, Device or a native device object
+        ``"cpu"``, ``"cuda"``, ``"cuda:N"``; a `Device`; or, together with ``xp``,
+        any Array API library's device object (e.g. ``array_api_strict.Device("device1")``).
+    xp : module, optional
+        The array namespace the native ``device`` belongs to.
+
+    Raises
+    ------
+    ValueError
+        For a device string of an unknown form.
+    DeviceUnavailableError
+        For a CUDA device when CuPy is missing, no GPU is present or the index is out of range.
+    """
+    if isinstance(device, Device):
+        return device
+    if xp is not None:
+        xp = array_api_compat.array_namespace(xp.asarray(0, device=device))
+        return Device(str(device), xp, device)
+    if not isinstance(device, str):
+        raise ValueError(
+            f"device must be {_DEVICE_FORMS}, or a library's device object passed with xp=, got {device!r}"
+        )
+    name = device.strip().lower()
+    if name == "cpu":
+        return _CPU
+    match = _CUDA_RE.match(name)
+    if match is None:
+        raise ValueError(f"unknown device {device!r}: expected {_DEVICE_FORMS}")
+    return _cuda_device(int(match.group(1) or 0))
+
+
+def describe(x: Any) -> str:
+    """A short human description of where an array lives: 'a NumPy array', 'a CuPy array on cuda:0', ..."""
+    if array_api_compat.is_numpy_array(x):
+        return "a NumPy array"
+    if array_api_compat.is_cupy_array(x):
+        return f"a CuPy array on cuda:{x.device.id}"
+    try:
+        xp = array_api_compat.array_namespace(x)
+    except TypeError:
+        return f"a {type(x).__name__}, not an array"
+    return f"an array of {xp.__name__.split('.')[-1]} on {array_api_compat.device(x)}"
+
+
+def check_input(x: Any, device: Device, where: str) -> None:
+    """Raise `DeviceError` unless ``x`` is an array of ``device``'s namespace on that device."""
+    try:
+        xp = array_api_compat.array_namespace(x)
+    except TypeError:
+        raise DeviceError(
+            f"{where} expected an array on {device.name}, got {type(x).__name__}: "
+            f"convert it with cnnxp.to_device(x, {device.name!r})"
+        ) from None
+    if xp is device.xp and array_api_compat.device(x) == device.native:
+        return
+    raise DeviceError(
+        f"input is {describe(x)} but {where} is on {device.name}: "
+        f"move it with cnnxp.to_device(x, {device.name!r}) or the model with .to(...)"
+    )
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """Copy an array of any supported library to a NumPy array on the host (no copy for NumPy input)."""
+    if isinstance(x, np.ndarray):
+        return x
+    if array_api_compat.is_cupy_array(x):
+        return x.get()
+    if np.isscalar(x) or isinstance(x, (list, tuple)):
+        return np.asarray(x)
+    try:
+        return np.from_dlpack(x)
+    except (TypeError, RuntimeError, BufferError, AttributeError):
+        return np.asarray(x)
+
+
+def to_device(x: Any, device: Any, xp: ModuleType | None = None):
+    """Move ``x`` (an array of any supported library, or a NumPy array) to ``device``.
+
+    Returns ``x`` itself when it is already there.
+
+    Examples
+    --------
+    >>> import numpy as np, cnnxp
+    >>> cnnxp.to_device(np.zeros(3), "cpu").shape
+    (3,)
+    """
+    target = get_device(device, xp)
+    if not isinstance(x, np.ndarray):
+        try:
+            src_xp = array_api_compat.array_namespace(x)
+        except TypeError:
+            src_xp = None
+        if src_xp is target.xp and array_api_compat.device(x) == target.native:
+            return x
+    if target is _CPU:
+        return to_numpy(x)
+    host = to_numpy(x)
+    if target.name.startswith("cuda:"):
+        cupy = _import_cupy()
+        with target.native:
+            return cupy.asarray(host)
+    return target.xp.asarray(host, device=target.native)

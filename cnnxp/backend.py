@@ -17,6 +17,7 @@ from types import ModuleType
 from typing import Any
 
 import array_api_compat
+import array_api_compat.numpy
 import numpy as np
 
 __all__ = [

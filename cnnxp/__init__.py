@@ -1,6 +1,21 @@
-"""cnnxp: a small CNN framework written once against the Python Array API standard."""
+"""cnnxp: a small CNN framework written once against the Python Array API standard.
 
-from .backend import Device, DeviceError, DeviceUnavailableError, get_device, to_device, to_numpy
+The same layers run on NumPy (``device="cpu"``) and on CuPy (``device="cuda"``);
+any other Array API library works through its device object and namespace.
+"""
+
+from . import layers, losses, models, ops, optim
+from .backend import (
+    Device,
+    DeviceError,
+    DeviceUnavailableError,
+    cuda_available,
+    get_device,
+    to_device,
+    to_numpy,
+)
+from .layers import manual_seed
+from .model import Sequential
 
 __version__ = "0.1.0"
 
@@ -8,7 +23,15 @@ __all__ = [
     "Device",
     "DeviceError",
     "DeviceUnavailableError",
+    "Sequential",
+    "cuda_available",
     "get_device",
+    "layers",
+    "losses",
+    "manual_seed",
+    "models",
+    "ops",
+    "optim",
     "to_device",
     "to_numpy",
     "__version__",

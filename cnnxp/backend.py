@@ -11,6 +11,7 @@ never touches CUDA.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from types import ModuleType
@@ -29,6 +30,7 @@ __all__ = [
     "to_numpy",
     "describe",
     "check_input",
+    "device_of",
     "cuda_available",
 ]
 
@@ -69,6 +71,14 @@ class Device:
 
     def __repr__(self) -> str:
         return f"Device({self.name!r})"
+
+    def activate(self):
+        """A context in which new arrays are allocated on this device.
+
+        CuPy's creation functions allocate on the *current* GPU whatever ``device=``
+        says, so CUDA devices enter their own context; other libraries need none.
+        """
+        return self.native if self.name.startswith("cuda:") else contextlib.nullcontext()
 
 
 _CPU = Device("cpu", array_api_compat.numpy, "cpu")
@@ -165,6 +175,17 @@ def describe(x: Any) -> str:
     except TypeError:
         return f"a {type(x).__name__}, not an array"
     return f"an array of {xp.__name__.split('.')[-1]} on {array_api_compat.device(x)}"
+
+
+def device_of(x: Any) -> Device:
+    """The `Device` an array lives on."""
+    if isinstance(x, np.ndarray):
+        return _CPU
+    xp = array_api_compat.array_namespace(x)
+    native = array_api_compat.device(x)
+    if array_api_compat.is_cupy_array(x):
+        return Device(f"cuda:{native.id}", xp, native)
+    return Device(str(native), xp, native)
 
 
 def check_input(x: Any, device: Device, where: str) -> None:

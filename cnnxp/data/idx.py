@@ -88,7 +88,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     header_len = 4 + 4 * ndim
     if len(data) < header_len:
         raise ValueError(
-            f"{path}: truncated IDX header: {ndim} dimensions need {header_len} bytes, the file has {len(data)}"
+            f"{path}: truncated IDX header: {ndim} dimensions need {header_len} bytes, "
+            f"the file has {len(data)}"
         )
     shape = struct.unpack(f">{ndim}I", data[4:header_len])
     dtype = IDX_DTYPES[code]

@@ -1,0 +1,178 @@
+"""A device-aware batch loader for image classification datasets.
+
+The dataset moves to the device once, as uint8 (a quarter of float32's size);
+each batch is gathered and converted to normalised float32 there. Shuffling
+draws a permutation on the host from a seeded NumPy ``Generator``, so the same
+seed gives the same batches on every device.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from ..backend import get_device, to_device, to_numpy
+
+__all__ = ["DataLoader", "NORMALIZE_MEAN", "NORMALIZE_STD"]
+
+#: Mean and standard deviation of MNIST's training pixels scaled to [0, 1]; a batch is
+#: ``(x / 255 - NORMALIZE_MEAN) / NORMALIZE_STD``, as in PyTorch's MNIST examples.
+#: Fashion-MNIST uses the same constants: the network only needs inputs of order one.
+NORMALIZE_MEAN = 0.1307
+NORMALIZE_STD = 0.3081
+
+
+def _check_int(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"DataLoader: {name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"DataLoader: {name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+class DataLoader:
+    """Iterate over ``(x, y)`` batches on a device, one epoch per ``iter()``.
+
+    Parameters
+    ----------
+    images : array, uint8, shape (N, H, W) or (N, 1, H, W)
+        Pixel values 0..255 (as `load_dataset` returns them), on any device.
+    labels : array of integers, shape (N,)
+    batch_size : int
+        At least 1.
+    shuffle : bool
+        Draw a new order every epoch (otherwise the dataset's order).
+    seed : int
+        Seed of the host generator that draws the orders.
+    device : str or Device or a native device object
+        Anything `cnnxp.get_device` accepts (``"cpu"``, ``"cuda:0"``, a `Device`, or a
+        library's device object together with ``xp``).
+    drop_last : bool
+        Leave out the last batch when it is smaller than ``batch_size``.
+    xp : module, optional
+        The namespace of a native ``device`` object.
+
+    Yields
+    ------
+    x : float32 array (B, 1, H, W) on the device, ``(pixels / 255 - NORMALIZE_MEAN) / NORMALIZE_STD``
+    y : int64 array (B,) on the device
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnxp.data import DataLoader
+    >>> loader = DataLoader(np.zeros((10, 28, 28), np.uint8), np.arange(10), batch_size=4)
+    >>> len(loader), [tuple(x.shape) for x, y in loader]
+    (3, [(4, 1, 28, 28), (4, 1, 28, 28), (2, 1, 28, 28)])
+    """
+
+    def __init__(
+        self,
+        images: Any,
+        labels: Any,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        device: Any = "cpu",
+        drop_last: bool = False,
+        *,
+        xp: ModuleType | None = None,
+    ) -> None:
+        images = to_numpy(images)
+        labels = to_numpy(labels)
+        if images.ndim == 3:
+            images = images.reshape(images.shape[0], 1, *images.shape[1:])
+        elif images.ndim != 4 or images.shape[1] != 1:
+            raise ValueError(
+                f"DataLoader expected images of shape (N, H, W) or (N, 1, H, W), got {images.shape}"
+            )
+        if images.dtype != np.uint8:
+            raise ValueError(
+                f"DataLoader expected uint8 images with pixel values 0..255, got {images.dtype}: "
+                "pass the arrays load_dataset returns"
+            )
+        if labels.ndim != 1:
+            raise ValueError(f"DataLoader expected labels of shape (N,), got {labels.shape}")
+        if labels.dtype.kind not in "iu":
+            raise ValueError(f"DataLoader expected integer class labels, got {labels.dtype}")
+        if labels.shape[0] != images.shape[0]:
+            raise ValueError(
+                f"DataLoader got {images.shape[0]} images but {labels.shape[0]} labels: they must match"
+            )
+        self.batch_size = _check_int(batch_size, "batch_size", 1)
+        self.seed = _check_int(seed, "seed", 0)
+        self.shuffle = bool(shuffle)
+        self.drop_last = bool(drop_last)
+        self.device = get_device(device, xp)
+        self.num_samples = int(images.shape[0])
+        self.epoch = 0
+        self._rng = np.random.default_rng(self.seed)
+        self._images = to_device(np.ascontiguousarray(images), self.device)
+        self._labels = to_device(labels.astype(np.int64), self.device)
+
+    def __len__(self) -> int:
+        """The number of batches in one epoch."""
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        """Start an epoch: draw its order now, then yield its batches."""
+        order = self._rng.permutation(self.num_samples) if self.shuffle else None
+        self.epoch += 1
+        return self._batches(order)
+
+    def _batches(self, order: np.ndarray | None) -> Iterator[tuple[Any, Any]]:
+        xp = self.device.xp
+        for b in range(len(self)):
+            start = b * self.batch_size
+            stop = min(start + self.batch_size, self.num_samples)
+            if order is None:
+                images = self._images[start:stop, ...]
+                labels = self._labels[start:stop]
+            else:
+                index = to_device(order[start:stop], self.device)
+                images = xp.take(self._images, index, axis=0)
+                labels = xp.take(self._labels, index, axis=0)
+            # Cast before dividing: uint8 arithmetic would wrap.
+            x = (xp.astype(images, xp.float32) / 255.0 - NORMALIZE_MEAN) / NORMALIZE_STD
+            yield x, labels
+
+    def state_dict(self) -> dict[str, Any]:
+        """The epoch counter and the shuffling generator's state, as values an npz stores without pickle.
+
+        Taken between epochs, loading it into a loader over the same data reproduces
+        every following epoch's order exactly.
+        """
+        return {
+            "epoch": np.int64(self.epoch),
+            "seed": np.int64(self.seed),
+            "rng_state": json.dumps(self._rng.bit_generator.state),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned (also after a round trip through ``numpy.savez``)."""
+        try:
+            rng_state = json.loads(str(np.asarray(state["rng_state"])))
+            epoch = int(np.asarray(state["epoch"]))
+            seed = int(np.asarray(state.get("seed", self.seed)))
+        except KeyError as exc:
+            raise ValueError(f"DataLoader.load_state_dict: missing key {exc.args[0]!r}") from None
+        rng = np.random.default_rng()
+        try:
+            rng.bit_generator.state = rng_state
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"DataLoader.load_state_dict: bad generator state ({exc})") from None
+        self._rng, self.epoch, self.seed = rng, epoch, seed
+
+    def __repr__(self) -> str:
+        return (
+            f"DataLoader(num_samples={self.num_samples}, batch_size={self.batch_size}, "
+            f"shuffle={self.shuffle}, seed={self.seed}, device={self.device.name!r}, "
+            f"drop_last={self.drop_last}, epoch={self.epoch})"
+        )

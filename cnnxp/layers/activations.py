@@ -1,0 +1,59 @@
+"""Layers without parameters: ReLU, Flatten and Softmax."""
+
+from __future__ import annotations
+
+from array_api_compat import array_namespace
+
+from .. import ops
+from .base import Layer
+
+
+class ReLU(Layer):
+    """``max(x, 0)``; the gradient at 0 is 0, as in PyTorch."""
+
+    def forward(self, x):
+        xp = array_namespace(x)
+        mask = x > 0
+        self.cache = mask
+        return xp.where(mask, x, 0.0)
+
+    def backward(self, grad_out, need_input_grad=True):
+        self._need_cache()
+        return array_namespace(grad_out).where(self.cache, grad_out, 0.0)
+
+
+class Flatten(Layer):
+    """Flatten every axis but the batch axis: (N, C, H, W) -> (N, C*H*W)."""
+
+    def output_shape(self, input_shape):
+        size = 1
+        for d in input_shape[1:]:
+            size *= d
+        return (input_shape[0], size)
+
+    def forward(self, x):
+        if getattr(x, "ndim", 0) < 2:
+            raise ValueError(f"Flatten expected input with a batch axis (N, ...), got {tuple(x.shape)}")
+        self.cache = tuple(x.shape)
+        return array_namespace(x).reshape(x, (x.shape[0], -1))
+
+    def backward(self, grad_out, need_input_grad=True):
+        self._need_cache()
+        return array_namespace(grad_out).reshape(grad_out, self.cache)
+
+
+class Softmax(Layer):
+    """Probabilities over axis 1, with the true Jacobian-vector product as backward.
+
+    To train a classifier, feed the logits to `cnnxp.losses.softmax_cross_entropy`
+    instead: it fuses the two and is exact for any logits.
+    """
+
+    def forward(self, x):
+        self._check_rank(x, 2, "(N, classes)")
+        self.cache = ops.softmax(x, axis=1)
+        return self.cache
+
+    def backward(self, grad_out, need_input_grad=True):
+        self._need_cache()
+        return ops.softmax_backward(grad_out, self.cache, axis=1)

@@ -1,0 +1,139 @@
+"""The layer protocol and the host-side random numbers used for initialisation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np  # host-side RNG only: weights are drawn here, then moved to the device
+from array_api_compat import array_namespace
+
+from ..backend import DeviceError, describe, device_of, get_device, to_device
+
+_global_rng = np.random.default_rng()
+
+
+def manual_seed(seed: int) -> None:
+    """Seed the generator that layers use when they are given no ``seed`` (like ``torch.manual_seed``)."""
+    global _global_rng
+    _global_rng = np.random.default_rng(seed)
+
+
+def make_rng(seed: int | np.random.Generator | None) -> np.random.Generator:
+    """A NumPy Generator from a seed, a Generator (used as is), or None (the global one)."""
+    if seed is None:
+        return _global_rng
+    if isinstance(seed, np.random.Generator):
+        return seed
+    return np.random.default_rng(seed)
+
+
+def init_weight(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int, fan_out: int, init: str):
+    """Draw float32 weights on the host.
+
+    ``"he"``: normal with std ``sqrt(2 / fan_in)`` (Kaiming, for layers followed by ReLU);
+    ``"glorot"``: uniform in ``±sqrt(6 / (fan_in + fan_out))`` (for layers that feed softmax).
+    """
+    if init == "he":
+        w = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
+    elif init == "glorot":
+        bound = np.sqrt(6.0 / (fan_in + fan_out))
+        w = rng.uniform(-bound, bound, size=shape)
+    else:
+        raise ValueError(f"init must be 'he' or 'glorot', got {init!r}")
+    return w.astype(np.float32)
+
+
+class Layer:
+    """Base class: ``forward``/``backward`` side by side, parameters in ``params``, gradients in ``grads``.
+
+    ``grads`` is overwritten (not accumulated) by every ``backward``. Putting a new
+    array of the same shape into ``params[name]`` sets a weight: layers read
+    ``params`` at every forward. ``buffers`` holds state that is saved but not
+    trained (BatchNorm's running statistics).
+    """
+
+    def __init__(self) -> None:
+        self.params: dict[str, Any] = {}
+        self.grads: dict[str, Any] = {}
+        self.buffers: dict[str, Any] = {}
+        self.training = True
+        self.cache: Any = None
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, grad_out, need_input_grad: bool = True):
+        raise NotImplementedError
+
+    def train(self, mode: bool = True) -> Layer:
+        self.training = bool(mode)
+        return self
+
+    def eval(self) -> Layer:
+        return self.train(False)
+
+    def to(self, device: Any, xp=None, dtype: Any = None) -> Layer:
+        """Move parameters and buffers to ``device`` (and cast them to ``dtype`` if given), in place."""
+        dev = get_device(device, xp)
+        for store in (self.params, self.buffers):
+            for key, value in store.items():
+                value = to_device(value, dev)
+                if dtype is not None:
+                    value = dev.xp.astype(value, _resolve_dtype(dev.xp, dtype))
+                store[key] = value
+        self.grads = {}
+        self.cache = None
+        return self
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The output shape for an input of ``input_shape`` (batch axis included); raises on bad input."""
+        return tuple(input_shape)
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        return f"{self.name}({self.extra_repr()})"
+
+    # -- input checks shared by the layers ----------------------------------------
+
+    def _check_rank(self, x, ndim: int, layout: str, hint: str = "") -> None:
+        shape = getattr(x, "shape", None)
+        if shape is None:
+            raise TypeError(f"{self.name} expected an array of shape {layout}, got {type(x).__name__}")
+        if len(shape) != ndim:
+            extra = f": {hint}" if hint else ""
+            raise ValueError(f"{self.name} expected input of shape {layout}, got {tuple(shape)}{extra}")
+
+    def _check_place(self, x) -> None:
+        """Raise `DeviceError` when ``x`` and this layer's weights live in different libraries or devices."""
+        weight = self.params["weight"]
+        try:
+            same = array_namespace(x) is array_namespace(weight) and device_of(x) == device_of(weight)
+        except TypeError:
+            same = False
+        if not same:
+            where = device_of(weight).name
+            raise DeviceError(
+                f"input is {describe(x)} but {self.name}'s weights are on {where}: "
+                f"move it with cnnxp.to_device(x, {where!r}) or the layer with .to(...)"
+            )
+
+    def _need_cache(self) -> None:
+        if self.cache is None:
+            raise RuntimeError(f"{self.name}.backward called before forward: run forward first")
+
+
+def _resolve_dtype(xp, dtype):
+    if isinstance(dtype, str):
+        if dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        return getattr(xp, dtype)
+    return dtype

@@ -1,0 +1,47 @@
+"""Softmax cross-entropy: the loss and its gradient in one pass."""
+
+from __future__ import annotations
+
+from array_api_compat import array_namespace
+from array_api_compat import device as device_of
+
+from . import ops
+
+__all__ = ["softmax_cross_entropy"]
+
+
+def softmax_cross_entropy(logits, labels):
+    """Mean cross-entropy of ``softmax(logits)`` against integer class ``labels``.
+
+    Like ``torch.nn.functional.cross_entropy(logits, labels)``; computed through a
+    shifted log-softmax, so logits of 1e4 give finite values.
+
+    Parameters
+    ----------
+    logits : array (N, K), floating
+    labels : array (N,), integer class indices in [0, K)
+
+    Returns
+    -------
+    loss : 0-d array (on the logits' device)
+    grad_logits : array (N, K), ``(softmax(logits) - one_hot(labels)) / N``
+    """
+    xp = array_namespace(logits, labels)
+    if logits.ndim != 2:
+        raise ValueError(f"softmax_cross_entropy expected logits of shape (N, classes), got {tuple(logits.shape)}")
+    if labels.ndim != 1 or labels.shape[0] != logits.shape[0]:
+        raise ValueError(
+            f"softmax_cross_entropy expected labels of shape ({logits.shape[0]},) to match logits "
+            f"{tuple(logits.shape)}, got {tuple(labels.shape)}"
+        )
+    if not xp.isdtype(labels.dtype, "integral"):
+        raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    n, k = logits.shape
+    if bool(xp.any((labels < 0) | (labels >= k))):
+        raise ValueError(f"labels must be class indices in [0, {k}), got values outside that range")
+    log_probs = ops.log_softmax(logits, axis=1)
+    classes = xp.arange(k, dtype=labels.dtype, device=device_of(labels))
+    one_hot = xp.astype(labels[:, None] == classes[None, :], logits.dtype)
+    loss = -xp.sum(log_probs * one_hot) / n
+    grad = (xp.exp(log_probs) - one_hot) / n
+    return loss, grad

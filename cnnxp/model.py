@@ -1,0 +1,185 @@
+"""Sequential: a list of layers run forward in order and backward in reverse."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import backend
+from .layers.base import Layer, _resolve_dtype
+from .layers.dropout import Dropout
+
+__all__ = ["Sequential"]
+
+
+class Sequential:
+    """A stack of layers on one device.
+
+    Parameters
+    ----------
+    layers : iterable of Layer
+    device : str, Device, or a library's device object (with ``xp=``)
+    xp : array namespace, optional, for a foreign ``device`` object
+    dtype : "float32" (default of the layers) or "float64", optional
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnxp import Sequential
+    >>> from cnnxp.layers import Conv2D, ReLU, Flatten, Dense
+    >>> model = Sequential([Conv2D(1, 4, 3, seed=0), ReLU(), Flatten(), Dense(4 * 26 * 26, 10, seed=0)])
+    >>> model(np.zeros((2, 1, 28, 28), np.float32)).shape
+    (2, 10)
+    """
+
+    def __init__(self, layers, device: Any = "cpu", xp=None, dtype: Any = None):
+        self.layers: list[Layer] = list(layers)
+        for i, layer in enumerate(self.layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Sequential expects cnnxp layers, got {type(layer).__name__} at position {i}")
+        self.training = True
+        self.device = backend.get_device("cpu")
+        self.to(device, xp=xp, dtype=dtype)
+
+    # -- running ------------------------------------------------------------------
+
+    def forward(self, x):
+        """Run every layer on ``x`` (an array on the model's device), returning the last output."""
+        backend.check_input(x, self.device, "the model")
+        with self.device.activate():
+            for layer in self.layers:
+                x = layer.forward(x)
+        return x
+
+    __call__ = forward
+
+    def backward(self, grad_out, need_input_grad: bool = True):
+        """Back-propagate ``grad_out`` (dL/d output), filling every layer's ``grads``.
+
+        Returns dL/d input, or None with ``need_input_grad=False``, which lets the
+        first layer skip computing it (training never needs it).
+        """
+        with self.device.activate():
+            last = len(self.layers) - 1
+            for i in range(last, -1, -1):
+                grad_out = self.layers[i].backward(grad_out, need_input_grad=need_input_grad or i > 0)
+        return grad_out
+
+    def train(self, mode: bool = True) -> Sequential:
+        self.training = bool(mode)
+        for layer in self.layers:
+            layer.train(mode)
+        return self
+
+    def eval(self) -> Sequential:
+        return self.train(False)
+
+    def to(self, device: Any, xp=None, dtype: Any = None) -> Sequential:
+        """Move every parameter and buffer to ``device`` (a name, or a device object with ``xp=``), in place."""
+        dev = backend.get_device(device, xp)
+        if dtype is not None:
+            dtype = _resolve_dtype(dev.xp, dtype)
+        with dev.activate():
+            for layer in self.layers:
+                layer.to(dev, dtype=dtype)
+        self.device = dev
+        return self
+
+    # -- containers ---------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __getitem__(self, index):
+        return self.layers[index]
+
+    def named_parameters(self):
+        """Yield ``(key, layer, name)`` for every parameter, with dotted keys such as ``"0.weight"``."""
+        for i, layer in enumerate(self.layers):
+            for name in layer.params:
+                yield f"{i}.{name}", layer, name
+
+    def num_parameters(self) -> int:
+        total = 0
+        for _, layer, name in self.named_parameters():
+            total += _size(layer.params[name].shape)
+        return total
+
+    # -- state ----------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Parameters and buffers under dotted keys (``"0.weight"``, ``"2.running_mean"``), on the model's device."""
+        state = {}
+        for i, layer in enumerate(self.layers):
+            for store in (layer.params, layer.buffers):
+                for name, value in store.items():
+                    state[f"{i}.{name}"] = value
+        return state
+
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
+        """Copy arrays from ``state`` (any device or library) into the model, on the model's device.
+
+        Raises KeyError naming missing or unexpected keys (when ``strict``) and
+        ValueError for a shape that does not match.
+        """
+        own = self.state_dict()
+        if strict:
+            missing = sorted(set(own) - set(state))
+            unexpected = sorted(set(state) - set(own))
+            if missing or unexpected:
+                raise KeyError(
+                    f"state dict does not match the model: missing keys {missing}, unexpected keys {unexpected}"
+                )
+        xp = self.device.xp
+        with self.device.activate():
+            for key, current in own.items():
+                if key not in state:
+                    continue
+                value = backend.to_device(state[key], self.device)
+                if tuple(value.shape) != tuple(current.shape):
+                    raise ValueError(
+                        f"state dict entry {key!r} has shape {tuple(value.shape)}, "
+                        f"the model expects {tuple(current.shape)}"
+                    )
+                index, name = key.split(".", 1)
+                layer = self.layers[int(index)]
+                store = layer.params if name in layer.params else layer.buffers
+                store[name] = xp.astype(value, current.dtype, copy=True)
+
+    def rng_state(self) -> dict[str, str]:
+        """The random state of every Dropout layer, by layer index (JSON strings)."""
+        return {str(i): layer.get_rng_state() for i, layer in enumerate(self.layers) if isinstance(layer, Dropout)}
+
+    def set_rng_state(self, state: dict[str, str]) -> None:
+        for key, value in state.items():
+            self.layers[int(key)].set_rng_state(value)
+
+    # -- display --------------------------------------------------------------------
+
+    def summary(self, input_shape=(1, 28, 28)) -> str:
+        """A table of layers, output shapes and parameter counts for inputs of ``input_shape`` (batch axis excluded)."""
+        shape = (1, *tuple(input_shape))
+        rows = [("layer", "output shape", "params")]
+        for i, layer in enumerate(self.layers):
+            shape = layer.output_shape(shape)
+            count = sum(_size(v.shape) for v in layer.params.values())
+            rows.append((f"{i}: {layer!r}", str(("N", *shape[1:])).replace("'", ""), f"{count:,}"))
+        widths = [max(len(r[c]) for r in rows) for c in range(3)]
+        line = "-" * (sum(widths) + 4)
+        out = [f"{rows[0][0]:<{widths[0]}}  {rows[0][1]:<{widths[1]}}  {rows[0][2]:>{widths[2]}}", line]
+        out += [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}" for a, b, c in rows[1:]]
+        out += [line, f"total parameters: {self.num_parameters():,}   device: {self.device.name}"]
+        return "\n".join(out)
+
+    def __repr__(self) -> str:
+        inner = "\n".join(f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        return f"Sequential(device={self.device.name!r},\n{inner}\n)"
+
+
+def _size(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n

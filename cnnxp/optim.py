@@ -1,0 +1,141 @@
+"""SGD and Adam, with their state in one small dict that saves and restores exactly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from array_api_compat import array_namespace
+
+from . import backend
+
+__all__ = ["SGD", "Adam"]
+
+
+class Optimizer:
+    """Updates every parameter of a model from its ``grads``, in place, on the model's device."""
+
+    def __init__(self, model, lr: float, weight_decay: float = 0.0):
+        if not lr > 0:
+            raise ValueError(f"learning rate must be positive, got {lr!r}")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be non-negative, got {weight_decay!r}")
+        self.model, self.lr, self.weight_decay = model, float(lr), float(weight_decay)
+        self.state: dict[str, Any] = {}  # per-parameter arrays, keyed "<slot>.<param key>"
+        self.step_count = 0
+
+    def _grad(self, layer, name):
+        grad = layer.grads.get(name)
+        if grad is None:
+            raise RuntimeError(f"no gradient for {layer.name}.{name}: run model.backward before optimizer.step()")
+        if self.weight_decay:
+            grad = grad + self.weight_decay * layer.params[name]
+        return grad
+
+    def step(self) -> None:
+        self.step_count += 1
+        with self.model.device.activate():
+            for key, layer, name in self.model.named_parameters():
+                self._update(key, layer.params[name], self._grad(layer, name))
+
+    def _update(self, key, param, grad):
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """Hyper-parameters, the step count and every state array (on the model's device)."""
+        return {"step": self.step_count, "lr": self.lr, "weight_decay": self.weight_decay,
+                **self._hyper(), **{f"state.{k}": v for k, v in self.state.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from `state_dict` output saved on any device; arrays move to the model's device."""
+        dev = self.model.device
+        self.step_count = int(state["step"])
+        self.lr = float(state["lr"])
+        self.weight_decay = float(state["weight_decay"])
+        self._set_hyper(state)
+        params = {key: layer.params[name] for key, layer, name in self.model.named_parameters()}
+        self.state = {}
+        for k, v in state.items():
+            if not k.startswith("state."):
+                continue
+            slot_key = k[len("state."):]
+            param_key = slot_key.split(".", 1)[1]
+            if param_key not in params:
+                raise KeyError(f"optimizer state has {param_key!r}, which the model does not have")
+            value = backend.to_device(v, dev)
+            self.state[slot_key] = dev.xp.astype(value, params[param_key].dtype, copy=True)
+
+    def _hyper(self) -> dict[str, Any]:
+        return {}
+
+    def _set_hyper(self, state) -> None:
+        pass
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, as `torch.optim.SGD <https://pytorch.org/docs/stable/generated/torch.optim.SGD.html>`_.
+
+    ``g = grad + weight_decay * p``; with momentum ``buf = momentum * buf + g`` (``buf = g`` on the first
+    step), then ``g = g + momentum * buf`` (Nesterov) or ``g = buf``; finally ``p -= lr * g``.
+    """
+
+    def __init__(self, model, lr: float, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
+        super().__init__(model, lr, weight_decay)
+        if momentum < 0:
+            raise ValueError(f"momentum must be non-negative, got {momentum!r}")
+        if nesterov and momentum == 0:
+            raise ValueError("Nesterov momentum needs momentum > 0")
+        self.momentum, self.nesterov = float(momentum), bool(nesterov)
+
+    def _update(self, key, param, grad):
+        if self.momentum:
+            buf = self.state.get(f"momentum.{key}")
+            if buf is None:
+                buf = grad + 0.0
+            else:
+                buf *= self.momentum
+                buf += grad
+            self.state[f"momentum.{key}"] = buf
+            grad = grad + self.momentum * buf if self.nesterov else buf
+        param -= self.lr * grad
+
+    def _hyper(self):
+        return {"momentum": self.momentum, "nesterov": int(self.nesterov)}
+
+    def _set_hyper(self, state):
+        self.momentum = float(state.get("momentum", self.momentum))
+        self.nesterov = bool(int(state.get("nesterov", self.nesterov)))
+
+
+class Adam(Optimizer):
+    """Adam, as `torch.optim.Adam <https://pytorch.org/docs/stable/generated/torch.optim.Adam.html>`_ (L2 ``weight_decay`` added to the gradient)."""
+
+    def __init__(self, model, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+        super().__init__(model, lr, weight_decay)
+        b1, b2 = betas
+        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+            raise ValueError(f"Adam betas must be in [0, 1), got {betas!r}")
+        self.betas, self.eps = (float(b1), float(b2)), float(eps)
+
+    def _update(self, key, param, grad):
+        b1, b2 = self.betas
+        m = self.state.get(f"m.{key}")
+        v = self.state.get(f"v.{key}")
+        if m is None:
+            m, v = grad * (1 - b1), (grad * grad) * (1 - b2)
+        else:
+            m *= b1
+            m += (1 - b1) * grad
+            v *= b2
+            v += (1 - b2) * (grad * grad)
+        self.state[f"m.{key}"], self.state[f"v.{key}"] = m, v
+        t = self.step_count
+        step_size = self.lr / (1 - b1**t)
+        denom = array_namespace(v).sqrt(v) / (1 - b2**t) ** 0.5 + self.eps
+        param -= step_size * (m / denom)
+
+    def _hyper(self):
+        return {"beta1": self.betas[0], "beta2": self.betas[1], "eps": self.eps}
+
+    def _set_hyper(self, state):
+        self.betas = (float(state.get("beta1", self.betas[0])), float(state.get("beta2", self.betas[1])))
+        self.eps = float(state.get("eps", self.eps))

@@ -240,7 +240,6 @@ def maxpool2d_backward(grad_out, cache):
 
 def avgpool2d_forward(x, kernel_size, stride=None, padding=0):
     """Average pooling, as ``torch.nn.functional.avg_pool2d`` (zero padding counted in the mean)."""
-    xp = array_namespace(x)
     kernel, stride, padding, out_size = _pool_geometry(x, kernel_size, stride, padding)
     if 2 * padding[0] > kernel[0] or 2 * padding[1] > kernel[1]:
         raise ValueError(f"padding {padding} must be at most half the kernel size {kernel}")

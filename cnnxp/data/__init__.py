@@ -2,5 +2,15 @@
 
 from .datasets import DATASETS, DatasetNotFoundError, load_dataset
 from .idx import read_idx, write_idx
+from .loader import NORMALIZE_MEAN, NORMALIZE_STD, DataLoader
 
-__all__ = ["DATASETS", "DatasetNotFoundError", "load_dataset", "read_idx", "write_idx"]
+__all__ = [
+    "DATASETS",
+    "DataLoader",
+    "DatasetNotFoundError",
+    "NORMALIZE_MEAN",
+    "NORMALIZE_STD",
+    "load_dataset",
+    "read_idx",
+    "write_idx",
+]

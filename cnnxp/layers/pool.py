@@ -18,7 +18,7 @@ class _Pool2D(Layer):
             raise ValueError(f"{self.name} stride must be at least 1, got {stride!r}")
         if min(self.padding) < 0:
             raise ValueError(f"{self.name} padding must be non-negative, got {padding!r}")
-        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
+        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size, strict=True)):
             raise ValueError(
                 f"{self.name} padding must be at most half the kernel size, got padding={padding!r} "
                 f"for kernel_size={kernel_size!r}"

@@ -232,6 +232,49 @@ def test_bad_mirror_then_good_mirror(served, tmp_path):
     assert_split(load_dataset("mnist", "train", mirrors=mirrors), served["arrays"]["train"])
 
 
+@pytest.fixture
+def broken_server():
+    """A server that promises 100,000 bytes, sends 10 and closes the connection."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(b"\x1f\x8b" + b"\x00" * 8)
+            self.wfile.flush()
+            self.close_connection = True
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_interrupted_download_leaves_nothing(served, broken_server, capsys):
+    with pytest.raises(DatasetNotFoundError, match="connection closed after 10 of 100000 bytes"):
+        load_dataset("mnist", "test", mirrors=[broken_server])
+    assert files_under(cache_dir("mnist")) == []
+    assert_split(
+        load_dataset("mnist", "test", mirrors=[broken_server, served["url"]]), served["arrays"]["test"]
+    )
+    assert len(files_under(cache_dir("mnist"))) == 2
+
+
+def test_silent_mirror_times_out(served):
+    with socket.socket() as silent:  # accepts connections (backlog) but never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/"
+        result = load_dataset("mnist", "test", mirrors=[url, served["url"]], timeout=0.2)
+    assert_split(result, served["arrays"]["test"])
+
+
 def test_file_url_mirror(served):
     assert_split(load_dataset("mnist", "test", mirrors=[served["root"].as_uri()]), served["arrays"]["test"])
     assert served["requests"] == []

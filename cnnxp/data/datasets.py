@@ -22,6 +22,7 @@ training works on a machine with no network and no data.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import sys
 import tempfile
@@ -139,10 +140,14 @@ def _fetch(url: str, target: Path, sha256: str, timeout: float) -> None:
         digest = hashlib.sha256()
         size = 0
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            declared = response.headers.get("Content-Length")
             while chunk := response.read(_CHUNK):
                 out.write(chunk)
                 digest.update(chunk)
                 size += len(chunk)
+        # read(n) returns b"" when the server closes early instead of raising; compare with the header.
+        if declared is not None and declared.isdigit() and size != int(declared):
+            raise OSError(f"connection closed after {size} of {declared} bytes")
         if digest.hexdigest() != sha256:
             raise ValueError(
                 f"checksum mismatch ({size} bytes, sha256 {digest.hexdigest()}, expected {sha256})"
@@ -165,7 +170,8 @@ def _download(name: str, filename: str, target_dir: Path, mirrors: list[str], ti
         try:
             _fetch(url, target_dir / filename, sha256, timeout)
             return target_dir / filename
-        except (OSError, ValueError) as exc:  # URLError and timeouts are OSErrors
+        # URLError and timeouts are OSErrors; a connection closed early is an HTTPException.
+        except (OSError, ValueError, http.client.HTTPException) as exc:
             if isinstance(exc, urllib.error.HTTPError):
                 reason = f"HTTP {exc.code} {exc.reason}"
             elif isinstance(exc, urllib.error.URLError):

@@ -32,8 +32,8 @@ class Dropout(Layer):
             return x
         xp = array_namespace(x)
         scale = 0.0 if self.p == 1.0 else 1.0 / (1.0 - self.p)
-        keep = (self.rng.random(tuple(x.shape), dtype=np.float32) >= self.p).astype(np.float32) * scale
-        mask = xp.astype(to_device(keep, device_of(x)), x.dtype)
+        keep = self.rng.random(tuple(x.shape), dtype=np.float32) >= self.p  # bool: 1 byte to move
+        mask = xp.astype(to_device(keep, device_of(x)), x.dtype) * scale
         self.cache = mask
         return x * mask
 

@@ -195,14 +195,18 @@ def check_input(x: Any, device: Device, where: str) -> None:
     except TypeError:
         raise DeviceError(
             f"{where} expected an array on {device.name}, got {type(x).__name__}: "
-            f"convert it with cnnxp.to_device(x, {device.name!r})"
+            f"convert it with {move_hint(device)}"
         ) from None
     if xp is device.xp and array_api_compat.device(x) == device.native:
         return
-    raise DeviceError(
-        f"input is {describe(x)} but {where} is on {device.name}: "
-        f"move it with cnnxp.to_device(x, {device.name!r}) or the model with .to(...)"
-    )
+    raise DeviceError(f"input is {describe(x)} but {where} is on {device.name}: move it with {move_hint(device)}")
+
+
+def move_hint(device: Device, owner: str = "model") -> str:
+    """How to move an array to ``device``, as a user would type it."""
+    if device.name == "cpu" or device.name.startswith("cuda:"):
+        return f"cnnxp.to_device(x, {device.name!r})"
+    return f"cnnxp.to_device(x, {owner}.device)"
 
 
 def to_numpy(x: Any) -> np.ndarray:

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np  # host-side RNG only: weights are drawn here, then moved to the device
 from array_api_compat import array_namespace
 
-from ..backend import DeviceError, describe, device_of, get_device, to_device
+from ..backend import DeviceError, describe, device_of, get_device, move_hint, to_device
 
 _global_rng = np.random.default_rng()
 
@@ -120,10 +120,10 @@ class Layer:
         except TypeError:
             same = False
         if not same:
-            where = device_of(weight).name
+            where = device_of(weight)
             raise DeviceError(
-                f"input is {describe(x)} but {self.name}'s weights are on {where}: "
-                f"move it with cnnxp.to_device(x, {where!r}) or the layer with .to(...)"
+                f"input is {describe(x)} but {self.name}'s weights are on {where.name}: "
+                f"move it with {move_hint(where, 'layer')} or the layer with .to(...)"
             )
 
     def _need_cache(self) -> None:

@@ -1,0 +1,115 @@
+"""Devices: names, moves between libraries, and the errors a user meets."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import cnnxp
+from cnnxp import backend, layers
+from cnnxp.models import lenet5
+
+
+@pytest.mark.parametrize("name", ["cpu", "CPU", " cpu "])
+def test_cpu_names(name):
+    dev = cnnxp.get_device(name)
+    assert dev.name == "cpu" and dev.native == "cpu"
+
+
+@pytest.mark.parametrize("name", ["gpu", "cuda:", "cuda:x", "cuda:-1", "tpu:0", ""])
+def test_unknown_device_lists_the_valid_forms(name):
+    with pytest.raises(ValueError, match=r"unknown device .*expected 'cpu', 'cuda' or 'cuda:N'"):
+        cnnxp.get_device(name)
+
+
+def test_device_of_wrong_type():
+    with pytest.raises(ValueError, match="device must be"):
+        cnnxp.get_device(0)
+
+
+def test_cuda_without_cupy_says_which_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)  # makes `import cupy` raise ImportError
+    with pytest.raises(cnnxp.DeviceUnavailableError, match=r"needs CuPy.*pip install 'cnnxp\[cuda12\]'"):
+        cnnxp.get_device("cuda")
+    assert cnnxp.cuda_available() is False
+
+
+def _fake_cupy(count):
+    runtime = types.SimpleNamespace()
+    if count is None:
+        def get_count():
+            raise RuntimeError("cudaErrorNoDevice: no CUDA-capable device is detected")
+    else:
+        def get_count():
+            return count
+    runtime.getDeviceCount = get_count
+    return types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=runtime))
+
+
+def test_cuda_without_gpu(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(None))
+    with pytest.raises(cnnxp.DeviceUnavailableError, match="finds no CUDA GPU; use --device cpu"):
+        cnnxp.get_device("cuda")
+
+
+def test_cuda_index_out_of_range(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(1))
+    with pytest.raises(cnnxp.DeviceUnavailableError, match=r"'cuda:3' does not exist: this machine has 1 GPU\(s\) \(cuda:0\)"):
+        cnnxp.get_device("cuda:3")
+
+
+def test_import_does_not_touch_cuda():
+    code = "import sys, cnnxp, cnnxp.data; print('cupy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_round_trip(backend):
+    a = np.arange(12, dtype=np.float64).reshape(3, 4)
+    moved = backend.asarray(a)
+    backend.assert_on_backend(moved)
+    assert cnnxp.to_device(moved, backend.device) is moved  # already there: no copy
+    back = cnnxp.to_numpy(moved)
+    assert isinstance(back, np.ndarray)
+    np.testing.assert_array_equal(back, a.astype(backend.dtype_name))
+    assert cnnxp.backend.device_of(moved) == backend.device
+
+
+def test_model_input_on_another_library():
+    strict = pytest.importorskip("array_api_strict")
+    model = lenet5(seed=0).to(strict.Device("device1"), xp=strict)
+    with pytest.raises(cnnxp.DeviceError, match=r"input is a NumPy array but the model is on "
+                                                r"array_api_strict.Device\('device1'\): move it with cnnxp.to_device"):
+        model(np.zeros((1, 1, 28, 28), np.float32))
+
+
+def test_model_input_on_another_device_of_the_same_library():
+    strict = pytest.importorskip("array_api_strict")
+    model = lenet5(seed=0).to(strict.Device("device1"), xp=strict)
+    x = strict.zeros((1, 1, 28, 28), device=strict.Device("CPU_DEVICE"))
+    with pytest.raises(cnnxp.DeviceError, match=r"on array_api_strict.Device\('CPU_DEVICE'\) but the model is on "
+                                                r"array_api_strict.Device\('device1'\): move it with cnnxp.to_device\(x, model.device\)"):
+        model(x)
+
+
+def test_layer_input_on_another_library():
+    strict = pytest.importorskip("array_api_strict")
+    conv = layers.Conv2D(1, 2, 3)
+    x = strict.zeros((1, 1, 5, 5), dtype=strict.float32)
+    with pytest.raises(cnnxp.DeviceError, match=r"but Conv2D's weights are on cpu: move it with "
+                                                r"cnnxp.to_device\(x, 'cpu'\)"):
+        conv(x)
+
+
+def test_model_input_not_an_array():
+    with pytest.raises(cnnxp.DeviceError, match="expected an array on cpu, got list"):
+        lenet5()([[0.0]])
+
+
+def test_describe():
+    assert backend.describe(np.zeros(2)) == "a NumPy array"
+    assert "not an array" in backend.describe("text")

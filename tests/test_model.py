@@ -1,0 +1,305 @@
+"""Sequential, the presets, the optimizers and the loss: behaviour and errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import cnnxp
+from cnnxp import layers, losses, optim
+from cnnxp.models import build, fashion_cnn, lenet5, seed_cnn
+
+
+def batch(n=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, n)
+
+
+def train_steps(model, opt, steps, seed=0):
+    x, y = batch(seed=seed)
+    xd, yd = cnnxp.to_device(x, model.device), cnnxp.to_device(y, model.device)
+    for _ in range(steps):
+        loss, g = losses.softmax_cross_entropy(model(xd), yd)
+        model.backward(g, need_input_grad=False)
+        opt.step()
+    return float(cnnxp.to_numpy(loss))
+
+
+# -- presets ------------------------------------------------------------------------------------
+
+
+def test_seed_cnn_is_the_notebook_network():
+    model = seed_cnn()
+    kinds = [type(layer).__name__ for layer in model]
+    assert kinds == ["Conv2D", "MaxPool2D", "Flatten", "Dense"]
+    conv, pool, _, dense = model
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding) == (1, 8, (2, 2), (2, 2), (1, 1))
+    assert (pool.kernel_size, pool.stride, pool.padding) == ((2, 2), (2, 2), (1, 1))
+    assert dense.params["weight"].shape == (10, 8 * 8 * 8)
+
+
+def test_lenet5_shapes_and_parameter_count():
+    model = lenet5()
+    assert [tuple(v.shape) for v in model.state_dict().values()] == [
+        (6, 1, 5, 5), (6,), (16, 6, 5, 5), (16,), (120, 400), (120,), (84, 120), (84,), (10, 84), (10,)]
+    assert model.num_parameters() == 61706
+    assert list(model.state_dict())[:2] == ["0.weight", "0.bias"]
+
+
+def test_same_seed_same_weights_different_seed_different():
+    a, b, c = lenet5(seed=3).state_dict(), lenet5(seed=3).state_dict(), lenet5(seed=4).state_dict()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["0.weight"], c["0.weight"])
+
+
+def test_kaiming_initialisation_scale():
+    w = np.asarray(layers.Conv2D(64, 64, 3, seed=0).params["weight"])
+    assert w.dtype == np.float32
+    assert abs(w.std() - np.sqrt(2 / (64 * 9))) < 0.02 * np.sqrt(2 / (64 * 9))
+
+
+def test_build_unknown_model():
+    with pytest.raises(ValueError, match="unknown model 'vgg': expected one of lenet5, seed, fashion"):
+        build("vgg")
+
+
+def test_fashion_cnn_runs_train_and_eval():
+    model = fashion_cnn(seed=0)
+    x, _ = batch(4)
+    out_train = cnnxp.to_numpy(model(x))
+    model.eval()
+    out_eval = cnnxp.to_numpy(model(x))
+    assert out_train.shape == out_eval.shape == (4, 10)
+    assert np.array_equal(out_eval, cnnxp.to_numpy(model(x)))  # eval is deterministic
+    assert not np.allclose(out_train, out_eval)  # dropout and batch statistics act only in training
+
+
+# -- Sequential -----------------------------------------------------------------------------------
+
+
+def test_summary_table():
+    text = lenet5().summary((1, 28, 28))
+    assert "(N, 6, 28, 28)" in text and "(N, 16, 5, 5)" in text and "(N, 400)" in text
+    assert "48,120" in text and "total parameters: 61,706" in text
+
+
+def test_summary_rejects_a_wrong_input_shape():
+    with pytest.raises(ValueError, match=r"Conv2D expected input of shape \(N, 1, H, W\), got \(1, 3, 28, 28\)"):
+        lenet5().summary((3, 28, 28))
+
+
+def test_sequential_rejects_non_layers():
+    with pytest.raises(TypeError, match="got int at position 1"):
+        cnnxp.Sequential([layers.ReLU(), 3])
+
+
+def test_state_dict_round_trip_across_devices():
+    strict = pytest.importorskip("array_api_strict")
+    src = lenet5(seed=1).to(strict.Device("device1"), xp=strict)
+    dst = lenet5(seed=2)
+    dst.load_state_dict(src.state_dict())  # saved on device1, loaded on the CPU
+    for key, value in dst.state_dict().items():
+        assert isinstance(value, np.ndarray) and value.dtype == np.float32
+        np.testing.assert_array_equal(value, cnnxp.to_numpy(src.state_dict()[key]))
+    x, _ = batch(2)
+    np.testing.assert_allclose(cnnxp.to_numpy(dst(x)), cnnxp.to_numpy(src(cnnxp.to_device(x, src.device))),
+                               rtol=1e-6)
+
+
+def test_load_state_dict_copies():
+    model = lenet5()
+    state = {k: np.array(v) for k, v in lenet5(seed=5).state_dict().items()}
+    model.load_state_dict(state)
+    state["0.weight"][...] = 0
+    assert np.abs(model.state_dict()["0.weight"]).sum() > 0
+
+
+def test_load_state_dict_errors():
+    model = lenet5()
+    state = dict(model.state_dict())
+    del state["0.bias"]
+    state["99.weight"] = np.zeros(1)
+    with pytest.raises(KeyError, match=r"missing keys \['0.bias'\], unexpected keys \['99.weight'\]"):
+        model.load_state_dict(state)
+    state = dict(model.state_dict())
+    state["3.weight"] = np.zeros((16, 6, 3, 3), np.float32)
+    with pytest.raises(ValueError, match=r"'3.weight' has shape \(16, 6, 3, 3\), the model expects \(16, 6, 5, 5\)"):
+        model.load_state_dict(state)
+
+
+def test_batchnorm_buffers_in_state_dict():
+    state = fashion_cnn().state_dict()
+    assert "1.running_mean" in state and "1.running_var" in state and "0.bias" not in state
+
+
+def test_to_float64_and_back():
+    model = lenet5().to("cpu", dtype="float64")
+    assert all(v.dtype == np.float64 for v in model.state_dict().values())
+    with pytest.raises(ValueError, match="dtype must be 'float32' or 'float64'"):
+        model.to("cpu", dtype="int8")
+
+
+def test_dropout_rng_state_restores_masks():
+    model = fashion_cnn(seed=0)
+    x, _ = batch(2)
+    state = model.rng_state()
+    assert set(state) == {"8", "12"}
+    first = cnnxp.to_numpy(model(x))
+    model.set_rng_state(state)
+    np.testing.assert_array_equal(cnnxp.to_numpy(model(x)), first)
+
+
+# -- layer input errors -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layer,x,message", [
+    (layers.Conv2D(1, 8, 3), np.zeros((28, 28), np.float32),
+     r"Conv2D expected input of shape \(N, 1, H, W\), got \(28, 28\): add batch and channel axes"),
+    (layers.Conv2D(3, 8, 3), np.zeros((2, 1, 8, 8), np.float32),
+     r"Conv2D expected input of shape \(N, 3, H, W\), got \(2, 1, 8, 8\): the layer has in_channels=3"),
+    (layers.Conv2D(1, 8, 5), np.zeros((2, 1, 3, 3), np.float32),
+     r"kernel size 5 is larger than the padded input \(3 \+ 2\*0 = 3\)"),
+    (layers.MaxPool2D(2), np.zeros((4, 4), np.float32), r"MaxPool2D expected input of shape \(N, C, H, W\), got \(4, 4\)"),
+    (layers.Dense(10, 2), np.zeros((2, 1, 2, 5), np.float32),
+     r"Dense expected input of shape \(N, 10\), got \(2, 1, 2, 5\): add Flatten\(\) before Dense"),
+    (layers.Dense(10, 2), np.zeros((2, 9), np.float32), r"got \(2, 9\): the layer has in_features=10"),
+    (layers.BatchNorm2D(3), np.zeros((2, 4, 3, 3), np.float32), r"BatchNorm2D expected input of shape \(N, 3, H, W\)"),
+    (layers.BatchNorm2D(3), np.zeros((1, 3, 1, 1), np.float32), r"more than 1 value per channel"),
+    (layers.Softmax(), np.zeros((2, 3, 4)), r"Softmax expected input of shape \(N, classes\)"),
+])
+def test_layer_input_errors(layer, x, message):
+    with pytest.raises(ValueError, match=message):
+        layer(x)
+
+
+def test_backward_before_forward():
+    with pytest.raises(RuntimeError, match="Conv2D.backward called before forward"):
+        layers.Conv2D(1, 1, 1).backward(np.zeros((1, 1, 1, 1)))
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: layers.Conv2D(1, 1, 3, stride=0), "stride must be at least 1"),
+    (lambda: layers.Conv2D(1, 1, 3, padding=-1), "padding must be non-negative"),
+    (lambda: layers.Conv2D(0, 1, 3), "in_channels must be a positive int"),
+    (lambda: layers.Conv2D(1, 1, 2.5), "kernel_size must be an int or a pair of ints"),
+    (lambda: layers.MaxPool2D(2, padding=2), "padding must be at most half the kernel size"),
+    (lambda: layers.AvgPool2D(2, stride=0), "stride must be at least 1"),
+    (lambda: layers.Dropout(1.5), r"Dropout probability must be in \[0, 1\]"),
+    (lambda: layers.Dense(3, 0), "out_features must be a positive int"),
+    (lambda: layers.BatchNorm2D(0), "num_features must be a positive int"),
+    (lambda: layers.Conv2D(1, 1, 3, init="xavier"), "init must be 'he' or 'glorot'"),
+])
+def test_constructor_errors(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+# -- loss ---------------------------------------------------------------------------------------------
+
+
+def test_loss_no_overflow_for_huge_logits():
+    logits = np.array([[1e4, -1e4, 0.0], [5e3, 5e3, 5e3]], np.float32)
+    loss, grad = losses.softmax_cross_entropy(logits, np.array([0, 2]))
+    assert np.isfinite(loss) and np.isfinite(grad).all()
+    np.testing.assert_allclose(float(loss), np.log(3) / 2, rtol=1e-6)
+
+
+@pytest.mark.parametrize("logits,labels,error,message", [
+    (np.zeros((2, 3)), np.array([0, 3]), ValueError, r"class indices in \[0, 3\)"),
+    (np.zeros((2, 3)), np.array([0, -1]), ValueError, r"class indices in \[0, 3\)"),
+    (np.zeros((2, 3)), np.array([0.0, 1.0]), TypeError, "labels must be integer class indices"),
+    (np.zeros((2, 3)), np.array([0, 1, 2]), ValueError, r"labels of shape \(2,\)"),
+    (np.zeros(3), np.array([0]), ValueError, r"logits of shape \(N, classes\)"),
+])
+def test_loss_errors(logits, labels, error, message):
+    with pytest.raises(error, match=message):
+        losses.softmax_cross_entropy(logits, labels)
+
+
+# -- optimizers ----------------------------------------------------------------------------------------
+
+
+def torch_pair(kind, **kw):
+    torch = pytest.importorskip("torch")
+    model = cnnxp.Sequential([layers.Dense(5, 4, seed=0), layers.ReLU(), layers.Dense(4, 3, seed=1)], dtype="float64")
+    tmodel = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3)).double()
+    tmodel.load_state_dict({k: torch.tensor(np.asarray(v)) for k, v in model.state_dict().items()})
+    ours = (optim.SGD if kind == "sgd" else optim.Adam)(model, **kw)
+    theirs = (torch.optim.SGD if kind == "sgd" else torch.optim.Adam)(tmodel.parameters(), **kw)
+    return torch, model, tmodel, ours, theirs
+
+
+@pytest.mark.parametrize("kind,kw", [
+    ("sgd", dict(lr=0.1)),
+    ("sgd", dict(lr=0.05, momentum=0.9)),
+    ("sgd", dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    ("adam", dict(lr=1e-2)),
+    ("adam", dict(lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05)),
+])
+def test_optimizers_match_torch(kind, kw):
+    torch, model, tmodel, ours, theirs = torch_pair(kind, **kw)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        x, y = rng.standard_normal((6, 5)), rng.integers(0, 3, 6)
+        _, g = losses.softmax_cross_entropy(model(x), y)
+        model.backward(g)
+        ours.step()
+        theirs.zero_grad()
+        torch.nn.functional.cross_entropy(tmodel(torch.tensor(x)), torch.tensor(y)).backward()
+        theirs.step()
+    for key, value in model.state_dict().items():
+        np.testing.assert_allclose(value, tmodel.state_dict()[key].numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("make", [
+    lambda m: optim.SGD(m, lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4),
+    lambda m: optim.Adam(m, lr=1e-3, weight_decay=1e-4),
+])
+def test_optimizer_state_resumes_exactly(make):
+    straight = lenet5(seed=0)
+    opt = make(straight)
+    train_steps(straight, opt, 4)
+
+    first = lenet5(seed=0)
+    opt1 = make(first)
+    train_steps(first, opt1, 2)
+    saved_model = {k: np.array(v) for k, v in first.state_dict().items()}
+    saved_opt = {k: (np.array(v) if hasattr(v, "shape") else v) for k, v in opt1.state_dict().items()}
+
+    resumed = lenet5(seed=9)
+    resumed.load_state_dict(saved_model)
+    opt2 = make(resumed)
+    opt2.load_state_dict(saved_opt)
+    train_steps(resumed, opt2, 2)
+    for key, value in straight.state_dict().items():
+        np.testing.assert_array_equal(resumed.state_dict()[key], value)
+
+
+def test_optimizer_state_moves_across_devices():
+    strict = pytest.importorskip("array_api_strict")
+    model = lenet5(seed=0)
+    opt = optim.Adam(model)
+    train_steps(model, opt, 1)
+    other = lenet5(seed=0).to(strict.Device("device1"), xp=strict)
+    opt2 = optim.Adam(other)
+    opt2.load_state_dict(opt.state_dict())
+    assert opt2.step_count == 1
+    assert all(v.device == strict.Device("device1") for v in opt2.state.values())
+
+
+def test_optimizer_errors():
+    model = lenet5()
+    with pytest.raises(ValueError, match="learning rate must be positive"):
+        optim.SGD(model, lr=0)
+    with pytest.raises(ValueError, match="Nesterov momentum needs momentum > 0"):
+        optim.SGD(model, lr=0.1, nesterov=True)
+    with pytest.raises(ValueError, match=r"Adam betas must be in \[0, 1\)"):
+        optim.Adam(model, betas=(1.0, 0.9))
+    with pytest.raises(RuntimeError, match="run model.backward before optimizer.step"):
+        optim.SGD(model, lr=0.1).step()
+
+
+def test_optimizer_keeps_float32():
+    model = lenet5()
+    train_steps(model, optim.Adam(model), 2)
+    assert all(v.dtype == np.float32 for v in model.state_dict().values())

@@ -17,6 +17,19 @@ one matrix product, ``(O, C*kh*kw) @ (C*kh*kw, N*L)``, and its result, viewed as
 ``(O, N, out_h, out_w)``, is returned as the NCHW view ``(N, O, out_h, out_w)``.
 When the next convolution permutes that view back to channels-first, it gets a
 contiguous array again: the layout flows through the network without copies.
+Backward functions keep that order: they allocate their gradients channels-first
+and return the NCHW view, so the convolution below gets a contiguous gradient too.
+
+Memory: the column matrix is ``kh*kw`` times the input. When it would exceed
+`CONV_CHUNK_BYTES` the convolution runs over slices of the batch, caches the
+padded input instead of the columns, and rebuilds each slice's columns in
+backward.
+
+Speed notes (measured in docs/performance.md): elementwise selection is done by
+multiplying with a mask cast to the data type rather than ``where`` (NumPy's
+``where`` is several times slower than a multiply), max pooling takes its maxima
+with pairwise ``maximum`` over strided slices instead of stacking every window,
+and non-overlapping windows write their gradient instead of accumulating it.
 """
 
 from __future__ import annotations
@@ -25,11 +38,13 @@ from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
 __all__ = [
+    "CONV_CHUNK_BYTES",
     "conv_output_size",
     "pad2d",
     "window_slices",
     "im2col",
     "col2im",
+    "conv_chunk_size",
     "conv2d_forward",
     "conv2d_backward",
     "maxpool2d_forward",
@@ -40,6 +55,13 @@ __all__ = [
     "softmax",
     "softmax_backward",
 ]
+
+
+CONV_CHUNK_BYTES = 64 * 2**20
+"""Largest column matrix (bytes) a convolution builds at once; larger batches run in slices.
+
+Change it module-wide (``cnnxp.ops.CONV_CHUNK_BYTES = ...``) or per call with ``chunk_bytes=``.
+"""
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -113,17 +135,36 @@ def col2im(cols, padded_shape, kernel, stride, out_size):
     """Adjoint of `im2col`: add each column entry back to the input position it came from.
 
     Returns the padded channels-first gradient ``(C, N, Hp, Wp)``. Each slice touches
-    an element at most once, so ``dx[sl] = dx[sl] + part`` adds overlapping windows exactly.
+    an element at most once, so ``dx[sl] = dx[sl] + part`` adds overlapping windows exactly;
+    when windows do not overlap (stride >= kernel) each part is written, not added.
     """
     xp = array_namespace(cols)
     c, n, hp, wp = padded_shape
     oh, ow = out_size
     slices = window_slices(kernel, stride, out_size)
     parts = xp.reshape(cols, (c, len(slices), n, oh, ow))
-    dx = xp.zeros(padded_shape, dtype=cols.dtype, device=device_of(cols))
+    if _tiles(padded_shape[2:], kernel, stride, out_size):
+        dx = xp.empty(padded_shape, dtype=cols.dtype, device=device_of(cols))
+    else:
+        dx = xp.zeros(padded_shape, dtype=cols.dtype, device=device_of(cols))
+    overlapping = not _disjoint(kernel, stride)
     for k, (si, sj) in enumerate(slices):
-        dx[:, :, si, sj] = dx[:, :, si, sj] + parts[:, k, ...]
+        if overlapping:
+            dx[:, :, si, sj] = dx[:, :, si, sj] + parts[:, k, ...]
+        else:
+            dx[:, :, si, sj] = parts[:, k, ...]
     return dx
+
+
+def _disjoint(kernel, stride) -> bool:
+    """True when no two windows share an input element (stride >= kernel on both axes)."""
+    return stride[0] >= kernel[0] and stride[1] >= kernel[1]
+
+
+def _tiles(padded_size, kernel, stride, out_size) -> bool:
+    """True when the windows cover every input element exactly once (no gaps, no overlap)."""
+    return (tuple(stride) == tuple(kernel)
+            and kernel[0] * out_size[0] == padded_size[0] and kernel[1] * out_size[1] == padded_size[1])
 
 
 def _check_conv_shapes(x, weight):
@@ -135,7 +176,16 @@ def _check_conv_shapes(x, weight):
         )
 
 
-def conv2d_forward(x, weight, bias=None, stride=1, padding=0):
+def conv_chunk_size(per_image_bytes: int, batch: int, chunk_bytes: int | None = None) -> int:
+    """How many images one column matrix may hold so that it stays within ``chunk_bytes``.
+
+    Returns ``batch`` (no slicing) when the whole batch fits, and at least 1.
+    """
+    limit = CONV_CHUNK_BYTES if chunk_bytes is None else int(chunk_bytes)
+    return max(1, min(batch, limit // max(1, per_image_bytes)))
+
+
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, chunk_bytes=None):
     """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
 
     Parameters
@@ -144,6 +194,9 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0):
     weight : array (O, C, kh, kw)
     bias : array (O,) or None
     stride, padding : int or (int, int)
+    chunk_bytes : int, optional
+        Bound on the column matrix; defaults to `CONV_CHUNK_BYTES`. Larger
+        batches are convolved in slices of the batch.
 
     Returns
     -------
@@ -159,14 +212,29 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0):
         conv_output_size(h, kh, stride[0], padding[0]),
         conv_output_size(w, kw, stride[1], padding[1]),
     )
+    length = out_size[0] * out_size[1]
     x_cnhw = pad2d(xp.permute_dims(x, (1, 0, 2, 3)), padding)
-    cols = im2col(x_cnhw, (kh, kw), stride, out_size)
-    out = xp.reshape(weight, (o, c * kh * kw)) @ cols
-    if bias is not None:
-        out = out + bias[:, None]
-    out = xp.permute_dims(xp.reshape(out, (o, n, *out_size)), (1, 0, 2, 3))
-    cache = (cols, tuple(x_cnhw.shape), weight, stride, padding, out_size)
-    return out, cache
+    w2 = xp.reshape(weight, (o, c * kh * kw))
+    step = conv_chunk_size(c * kh * kw * length * xp.finfo(x.dtype).bits // 8, n, chunk_bytes)
+    if step >= n:
+        cols = im2col(x_cnhw, (kh, kw), stride, out_size)
+        out = w2 @ cols
+        if bias is not None:
+            out += bias[:, None]
+        out = xp.reshape(out, (o, n, *out_size))
+        kept = cols
+    else:
+        # Bounded memory: one slice of the batch at a time; backward rebuilds the columns.
+        out = xp.empty((o, n, *out_size), dtype=x.dtype, device=device_of(x))
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            cols = im2col(x_cnhw[:, start:stop, ...], (kh, kw), stride, out_size)
+            out[:, start:stop, ...] = xp.reshape(w2 @ cols, (o, stop - start, *out_size))
+        if bias is not None:
+            out += bias[:, None, None, None]
+        kept = x_cnhw
+    cache = (kept, step, tuple(x_cnhw.shape), weight, stride, padding, out_size)
+    return xp.permute_dims(out, (1, 0, 2, 3)), cache
 
 
 def conv2d_backward(grad_out, cache, need_input_grad=True):
@@ -176,16 +244,37 @@ def conv2d_backward(grad_out, cache, need_input_grad=True):
     network: nothing upstream needs it, and col2im is most of the backward time).
     """
     xp = array_namespace(grad_out)
-    cols, padded_shape, weight, stride, padding, out_size = cache
+    kept, step, padded_shape, weight, stride, padding, out_size = cache
     o, c, kh, kw = weight.shape
     n = padded_shape[1]
-    g = xp.reshape(xp.permute_dims(grad_out, (1, 0, 2, 3)), (o, n * out_size[0] * out_size[1]))
-    grad_weight = xp.reshape(g @ xp.matrix_transpose(cols), weight.shape)
-    grad_bias = xp.sum(g, axis=1)
-    if not need_input_grad:
-        return None, grad_weight, grad_bias
-    dcols = xp.matrix_transpose(xp.reshape(weight, (o, c * kh * kw))) @ g
-    dx = col2im(dcols, padded_shape, (kh, kw), stride, out_size)
+    length = out_size[0] * out_size[1]
+    w2 = xp.reshape(weight, (o, c * kh * kw))
+    g_onhw = xp.permute_dims(grad_out, (1, 0, 2, 3))
+    if step >= n:
+        g = xp.reshape(g_onhw, (o, n * length))
+        grad_weight = xp.reshape(g @ xp.matrix_transpose(kept), weight.shape)
+        grad_bias = xp.sum(g, axis=1)
+        if not need_input_grad:
+            return None, grad_weight, grad_bias
+        dx = col2im(xp.matrix_transpose(w2) @ g, padded_shape, (kh, kw), stride, out_size)
+    else:
+        grad_weight = xp.zeros((o, c * kh * kw), dtype=grad_out.dtype, device=device_of(grad_out))
+        grad_bias = xp.sum(xp.reshape(g_onhw, (o, n * length)), axis=1)
+        dx = None
+        if need_input_grad:
+            dx = xp.empty(padded_shape, dtype=grad_out.dtype, device=device_of(grad_out))
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            g = xp.reshape(g_onhw[:, start:stop, ...], (o, (stop - start) * length))
+            cols = im2col(kept[:, start:stop, ...], (kh, kw), stride, out_size)
+            grad_weight += g @ xp.matrix_transpose(cols)
+            if need_input_grad:
+                part_shape = (c, stop - start, *padded_shape[2:])
+                dx[:, start:stop, ...] = col2im(xp.matrix_transpose(w2) @ g, part_shape, (kh, kw), stride,
+                                                out_size)
+        grad_weight = xp.reshape(grad_weight, weight.shape)
+        if not need_input_grad:
+            return None, grad_weight, grad_bias
     ph, pw = padding
     dx = dx[:, :, ph : padded_shape[2] - ph, pw : padded_shape[3] - pw]
     return xp.permute_dims(dx, (1, 0, 2, 3)), grad_weight, grad_bias
@@ -210,31 +299,80 @@ def _unpad(dx, padding):
     return dx[:, :, ph : dx.shape[2] - ph, pw : dx.shape[3] - pw]
 
 
-def maxpool2d_forward(x, kernel_size, stride=None, padding=0):
+def _empty_like_cnhw(xp, shape, like, fill_zero):
+    """A new (N, C, H, W) array stored channels-first, the layout convolutions read without a copy."""
+    n, c, h, w = shape
+    make = xp.zeros if fill_zero else xp.empty
+    return xp.permute_dims(make((c, n, h, w), dtype=like.dtype, device=device_of(like)), (1, 0, 2, 3))
+
+
+def maxpool2d_forward(x, kernel_size, stride=None, padding=0, fast=None):
     """Max pooling, as ``torch.nn.functional.max_pool2d``: padding acts as -inf.
 
-    Returns ``(out, cache)``; the cache keeps, for every output, the offset of
-    the first maximum in its window (row-major), which is PyTorch's tie rule.
+    Ties go to the first maximum of the window in row-major order, as in PyTorch.
+    ``fast=None`` picks the path: windows that do not overlap (stride >= kernel,
+    the usual ``MaxPool2D(2)``) take their maxima with pairwise ``maximum`` over
+    strided slices and find the first maximum again in backward, which is much
+    cheaper than stacking every window and keeping an ``argmax``; overlapping
+    windows take the general stacked path. ``fast=True`` / ``False`` forces one
+    (both give identical results).
+
+    Returns ``(out, cache)``.
     """
     xp = array_namespace(x)
     kernel, stride, padding, out_size = _pool_geometry(x, kernel_size, stride, padding)
     if 2 * padding[0] > kernel[0] or 2 * padding[1] > kernel[1]:
         raise ValueError(f"padding {padding} must be at most half the kernel size {kernel}")
     xpad = pad2d(x, padding, value=-float("inf"))
-    slices = window_slices(kernel, stride, out_size)
-    windows = xp.stack([xpad[:, :, si, sj] for si, sj in slices], axis=0)
-    out = xp.max(windows, axis=0)
-    argmax = xp.argmax(windows, axis=0)
-    return out, (argmax, tuple(xpad.shape), kernel, stride, padding, out_size)
+    geometry = (tuple(xpad.shape), kernel, stride, padding, out_size)
+    if fast is None:
+        fast = _disjoint(kernel, stride)
+    if not fast:
+        slices = window_slices(kernel, stride, out_size)
+        windows = xp.stack([xpad[:, :, si, sj] for si, sj in slices], axis=0)
+        out = xp.max(windows, axis=0)
+        argmax = xp.argmax(windows, axis=0)
+        return out, ("windows", argmax, *geometry)
+    (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_size
+    # Separable maximum: over the kernel's rows first, then over its columns.
+    rows = None
+    for i in range(kh):
+        part = xpad[:, :, i : i + sh * (oh - 1) + 1 : sh, :]
+        rows = part if rows is None else xp.maximum(rows, part)
+    out = None
+    for j in range(kw):
+        part = rows[:, :, :, j : j + sw * (ow - 1) + 1 : sw]
+        out = part if out is None else xp.maximum(out, part)
+    if kh * kw == 1:
+        out = xp.asarray(out, copy=True)
+    return out, ("first-max", (xpad, out), *geometry)
 
 
 def maxpool2d_backward(grad_out, cache):
     """Gradient of `maxpool2d_forward`: each output's gradient goes to its window's first maximum."""
     xp = array_namespace(grad_out)
-    argmax, padded_shape, kernel, stride, padding, out_size = cache
-    dx = xp.zeros(padded_shape, dtype=grad_out.dtype, device=device_of(grad_out))
-    for k, (si, sj) in enumerate(window_slices(kernel, stride, out_size)):
-        dx[:, :, si, sj] = dx[:, :, si, sj] + xp.where(argmax == k, grad_out, 0.0)
+    path, saved, padded_shape, kernel, stride, padding, out_size = cache
+    slices = window_slices(kernel, stride, out_size)
+    overlapping = not _disjoint(kernel, stride)
+    dx = _empty_like_cnhw(xp, padded_shape, grad_out,
+                          fill_zero=not _tiles(padded_shape[2:], kernel, stride, out_size) or overlapping)
+    if path == "windows":
+        for k, (si, sj) in enumerate(slices):
+            part = grad_out * xp.astype(saved == k, grad_out.dtype)
+            dx[:, :, si, sj] = dx[:, :, si, sj] + part if overlapping else part
+        return _unpad(dx, padding)
+    xpad, out = saved
+    taken = None
+    for k, (si, sj) in enumerate(slices):
+        hit = xpad[:, :, si, sj] == out
+        if taken is None:
+            first, taken = hit, hit
+        else:
+            first = hit & ~taken
+            if k + 1 < len(slices):
+                taken = taken | hit
+        part = grad_out * xp.astype(first, grad_out.dtype)
+        dx[:, :, si, sj] = dx[:, :, si, sj] + part if overlapping else part
     return _unpad(dx, padding)
 
 
@@ -258,9 +396,11 @@ def avgpool2d_backward(grad_out, cache):
     padded_shape, kernel, stride, padding, out_size = cache
     slices = window_slices(kernel, stride, out_size)
     share = grad_out / float(len(slices))
-    dx = xp.zeros(padded_shape, dtype=grad_out.dtype, device=device_of(grad_out))
+    overlapping = not _disjoint(kernel, stride)
+    dx = _empty_like_cnhw(xp, padded_shape, grad_out,
+                          fill_zero=not _tiles(padded_shape[2:], kernel, stride, out_size) or overlapping)
     for si, sj in slices:
-        dx[:, :, si, sj] = dx[:, :, si, sj] + share
+        dx[:, :, si, sj] = dx[:, :, si, sj] + share if overlapping else share
     return _unpad(dx, padding)
 
 

@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 from array_api_compat import array_namespace
+from array_api_compat import device as device_of
 
 from .. import ops
 from .base import Layer
 
 
 class ReLU(Layer):
-    """``max(x, 0)``; the gradient at 0 is 0, as in PyTorch."""
+    """``max(x, 0)``; the gradient at 0 is 0, as in PyTorch.
+
+    Forward is one ``maximum`` against a 0-d zero; backward multiplies by the
+    mask ``out > 0`` cast to the data type. Both are several times faster than
+    ``where`` on NumPy, and the cache is the output itself (no extra memory).
+    """
 
     def forward(self, x):
         xp = array_namespace(x)
-        mask = x > 0
-        self.cache = mask
-        return xp.where(mask, x, 0.0)
+        out = xp.maximum(x, xp.zeros((), dtype=x.dtype, device=device_of(x)))
+        self.cache = out
+        return out
 
     def backward(self, grad_out, need_input_grad=True):
         self._need_cache()
-        return array_namespace(grad_out).where(self.cache, grad_out, 0.0)
+        xp = array_namespace(grad_out)
+        return grad_out * xp.astype(self.cache > 0, grad_out.dtype)
 
 
 class Flatten(Layer):

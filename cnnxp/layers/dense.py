@@ -45,7 +45,7 @@ class Dense(Layer):
         xp = array_namespace(x)
         out = x @ xp.matrix_transpose(self.params["weight"])
         if "bias" in self.params:
-            out = out + self.params["bias"]
+            out += self.params["bias"]
         self.cache = x
         return out
 

@@ -1,0 +1,237 @@
+"""Pictures of a run: sample images, training curves, feature maps, filters, confusion matrix, mistakes.
+
+matplotlib is imported only when a plot is drawn, and only its object-oriented
+API is used (a `Figure` rendered by the Agg canvas), so no window opens and no
+global backend is switched. Without matplotlib every function raises
+`PlotsUnavailable`, which the scripts turn into a one-line note.
+
+Each function writes one PNG and returns its path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np  # host side: pictures are drawn from host arrays
+
+from .backend import to_device, to_numpy
+
+__all__ = [
+    "PlotsUnavailable",
+    "class_names",
+    "plot_samples",
+    "plot_history",
+    "plot_feature_maps",
+    "plot_filters",
+    "plot_confusion",
+    "plot_misclassified",
+    "FASHION_MNIST_CLASSES",
+]
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+
+
+class PlotsUnavailable(ImportError):
+    """matplotlib is not installed."""
+
+
+def class_names(dataset: str | None) -> list[str]:
+    """Readable class names: Fashion-MNIST's ten garments, otherwise the digits."""
+    if dataset == "fashion-mnist":
+        return list(FASHION_MNIST_CLASSES)
+    return [str(i) for i in range(10)]
+
+
+def _figure(width: float, height: float):
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise PlotsUnavailable(
+            "matplotlib is not installed, so no plots were drawn: pip install 'cnnxp[plot]'"
+        ) from exc
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def _grid(n: int, max_cols: int = 8) -> tuple[int, int]:
+    cols = min(n, max_cols)
+    return max(1, -(-n // cols)), max(1, cols)
+
+
+def _image(a) -> np.ndarray:
+    a = np.asarray(to_numpy(a))
+    return a.reshape(a.shape[-2], a.shape[-1]) if a.ndim > 2 else a
+
+
+def plot_samples(images, labels, path, names=None, n: int = 32, title: str = "Training images") -> Path:
+    """A grid of the first ``n`` images (N, 28, 28) with their labels."""
+    images, labels = to_numpy(images), to_numpy(labels)
+    names = names or class_names(None)
+    n = min(n, len(images))
+    rows, cols = _grid(n)
+    fig = _figure(1.4 * cols, 1.55 * rows + 0.4)
+    fig.suptitle(f"{title} ({n} of {len(images):,})")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i < n:
+            ax.imshow(_image(images[i]), cmap="gray_r", interpolation="nearest")
+            ax.set_title(names[int(labels[i])], fontsize=9)
+    return _save(fig, path)
+
+
+def plot_history(history, path, title: str = "Training curves") -> Path:
+    """Loss and accuracy per epoch, training and test, side by side."""
+    rows = list(history)
+    epochs = [r["epoch"] for r in rows]
+    fig = _figure(10, 4)
+    fig.suptitle(title)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for ax, key, label in ((ax_loss, "loss", "cross-entropy loss"), (ax_acc, "accuracy", "accuracy (%)")):
+        scale = 100.0 if key == "accuracy" else 1.0
+        ax.plot(epochs, [scale * r[f"train_{key}"] for r in rows], "o-", label="training (running, train mode)")
+        test = [(r["epoch"], scale * r[f"test_{key}"]) for r in rows if r.get(f"test_{key}") is not None]
+        if test:
+            ax.plot([e for e, _ in test], [v for _, v in test], "s-", label="test")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.set_title(f"{key.capitalize()} per epoch")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        if epochs:
+            ax.set_xticks(epochs if len(epochs) <= 20 else epochs[:: max(1, len(epochs) // 10)])
+    return _save(fig, path)
+
+
+def _is_feature_layer(layer) -> bool:
+    return type(layer).__name__ in ("Conv2D", "MaxPool2D", "AvgPool2D")
+
+
+def plot_feature_maps(model, image, path, label: str | None = None, max_maps: int = 16) -> Path:
+    """The input and the feature maps after each convolution and pooling layer, for one image.
+
+    ``image`` is one normalised input, (1, H, W) or (1, 1, H, W), on any device. The
+    network runs in eval mode, one layer at a time, as the teaching notebook showed it.
+    """
+    x = to_device(image, model.device)
+    if len(x.shape) == 3:
+        x = model.device.xp.reshape(x, (1, *x.shape))
+    stages = []
+    was_training = model.training
+    model.eval()
+    try:
+        with model.device.activate():
+            out = x
+            for i, layer in enumerate(model.layers):
+                out = layer.forward(out)
+                if _is_feature_layer(layer) and len(out.shape) == 4:
+                    stages.append((f"{i}: {layer.name}", to_numpy(out)[0]))
+    finally:
+        model.train(was_training)
+    cols = min(max_maps, max([s[1].shape[0] for s in stages], default=1))
+    rows = len(stages) + 1
+    fig = _figure(1.2 * cols + 1.5, 1.35 * rows + 0.6)
+    fig.suptitle("Inside the network: feature maps of one test image" + (f" ({label})" if label else ""))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    axes[0, 0].imshow(_image(to_numpy(x)[0]), cmap="gray_r", interpolation="nearest")
+    axes[0, 0].set_title("input", fontsize=8)
+    for r, (name, maps) in enumerate(stages, start=1):
+        shown = min(cols, maps.shape[0])
+        for c in range(shown):
+            ax = axes[r, c]
+            ax.imshow(maps[c], cmap="viridis", interpolation="nearest")
+            ax.set_title(f"map {c}", fontsize=7)
+        axes[r, 0].set_axis_on()
+        axes[r, 0].set_xticks([])
+        axes[r, 0].set_yticks([])
+        h, w = maps.shape[-2:]
+        more = f", {shown} of {maps.shape[0]}" if shown < maps.shape[0] else ""
+        axes[r, 0].set_ylabel(f"{name}\n{maps.shape[0]} x {h}x{w}{more}", fontsize=8, rotation=0,
+                              ha="right", va="center")
+    return _save(fig, path)
+
+
+def plot_filters(model, path) -> Path:
+    """The learned weights of the first convolution, one small image per (output, input) channel pair."""
+    conv = next((layer for layer in model.layers if type(layer).__name__ == "Conv2D"), None)
+    if conv is None:
+        raise ValueError("the model has no Conv2D layer, so there are no filters to draw")
+    weight = to_numpy(conv.params["weight"])  # (out, in, kh, kw)
+    out_ch, in_ch, kh, kw = weight.shape
+    filters = weight.reshape(out_ch * in_ch, kh, kw)
+    n = filters.shape[0]
+    rows, cols = _grid(n)
+    fig = _figure(1.3 * cols + 0.8, 1.4 * rows + 0.6)
+    fig.suptitle(f"Learned first-layer filters: {out_ch} x {in_ch} kernels of {kh}x{kw}\n"
+                 "(blue negative, red positive, one colour scale)")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    bound = float(np.abs(filters).max()) or 1.0
+    image = None
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i < n:
+            image = ax.imshow(filters[i], cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="nearest")
+            ax.set_title(f"filter {i // in_ch}" + (f".{i % in_ch}" if in_ch > 1 else ""), fontsize=8)
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.8, label="weight")
+    return _save(fig, path)
+
+
+def plot_confusion(confusion, path, names=None, title: str = "Confusion matrix (test set)") -> Path:
+    """The confusion matrix with counts in each cell; rows are true classes, columns predictions."""
+    confusion = np.asarray(to_numpy(confusion))
+    k = confusion.shape[0]
+    names = names or class_names(None)
+    fig = _figure(7.5, 6.5)
+    ax = fig.subplots()
+    image = ax.imshow(confusion, cmap="Blues")
+    fig.colorbar(image, ax=ax, label="images")
+    ax.set_xticks(range(k), names[:k], rotation=45 if max(len(s) for s in names[:k]) > 2 else 0, ha="right")
+    ax.set_yticks(range(k), names[:k])
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    total = confusion.sum()
+    accuracy = np.trace(confusion) / total if total else float("nan")
+    ax.set_title(f"{title}: accuracy {100 * accuracy:.2f}% of {total:,}")
+    threshold = confusion.max() / 2 if confusion.size else 0
+    for i in range(k):
+        for j in range(k):
+            if confusion[i, j]:
+                ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if confusion[i, j] > threshold else "black")
+    return _save(fig, path)
+
+
+def plot_misclassified(images, labels, predictions, path, names=None, n: int = 32,
+                       probabilities: Any = None) -> Path:
+    """A grid of test images the model got wrong, titled with the true and the predicted class."""
+    images, labels, predictions = to_numpy(images), to_numpy(labels), to_numpy(predictions)
+    names = names or class_names(None)
+    wrong = np.flatnonzero(labels != predictions)
+    shown = wrong[:n]
+    rows, cols = _grid(max(len(shown), 1))
+    fig = _figure(1.6 * cols, 1.75 * rows + 0.5)
+    fig.suptitle(f"Misclassified test images ({len(shown)} of {len(wrong):,} mistakes in {len(labels):,})")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    if len(shown) == 0:
+        axes[0, 0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
+    for ax, i in zip(axes.flat, shown, strict=False):
+        ax.imshow(_image(images[i]), cmap="gray_r", interpolation="nearest")
+        ax.set_title(f"true {names[int(labels[i])]}\npred {names[int(predictions[i])]}", fontsize=7,
+                     color="firebrick")
+    return _save(fig, path)

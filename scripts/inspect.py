@@ -1,0 +1,15 @@
+"""Command line: see `python scripts/inspect.py --help`; the logic lives in cnnxp.cli.inspect_main."""
+
+import os
+import sys
+
+# Run from a fresh clone without installing: put the repository root, not scripts/, on the path
+# (scripts/inspect.py would otherwise shadow the standard library's inspect module).
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+sys.path.insert(0, os.path.dirname(_here))
+
+from cnnxp.cli import inspect_main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(inspect_main())

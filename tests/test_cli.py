@@ -1,0 +1,195 @@
+"""scripts/train.py, evaluate.py and inspect.py: errors, the offline fallback, Ctrl-C, resume and accuracy."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnnxp import cli
+from cnnxp.backend import cuda_available
+from cnnxp.data import datasets
+from cnnxp.train import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
+
+
+def _script(name: str, *args, timeout=120, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPTS / name), *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, **kwargs)
+
+
+def _offline(monkeypatch, tmp_path):
+    """No full MNIST anywhere, and every download fails at once."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for var in ("CNNXP_DATA", "XDG_CACHE_HOME", "HOME"):
+        monkeypatch.setenv(var, str(empty))
+    monkeypatch.setitem(datasets.DATASETS["mnist"], "mirrors", ["http://127.0.0.1:9/"])
+
+
+@pytest.fixture
+def corrupt(tmp_path):
+    path = tmp_path / "corrupt.npz"
+    path.write_bytes(b"PK\x03\x04 this is not a whole zip file")
+    return path
+
+
+def _error_cases(tmp_path, corrupt):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cases = {
+        "zero epochs": ["--epochs", "0"],
+        "negative epochs": ["--epochs", "-3"],
+        "epochs not a number": ["--epochs", "many"],
+        "unknown model": ["--model", "resnet"],
+        "unknown dataset": ["--dataset", "cifar10"],
+        "unknown device": ["--device", "tpu"],
+        "negative lr": ["--lr", "-0.1"],
+        "out is a file": ["--out", a_file],
+        "out below a file": ["--out", a_file / "run"],
+        "missing resume": ["--resume", tmp_path / "nope.npz"],
+        "corrupt resume": ["--resume", corrupt],
+    }
+    if not cuda_available():
+        cases["cuda without a GPU"] = ["--device", "cuda"]
+    return cases
+
+
+def test_bad_flags_fail_with_one_line(tmp_path, corrupt):
+    """Each bad value: non-zero exit, one 'train.py: error:' line on stderr, no traceback, nothing trained."""
+    cases = _error_cases(tmp_path, corrupt)
+    procs = {name: subprocess.Popen([sys.executable, str(SCRIPTS / "train.py"), "--dataset", "mnist-sample",
+                                     *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    cwd=tmp_path)
+             for name, args in cases.items()}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode not in (0, None), name
+        lines = err.strip().splitlines()
+        assert len(lines) == 1, f"{name}: {err!r}"
+        assert lines[0].startswith("train.py: error: "), f"{name}: {err!r}"
+        assert "Traceback" not in err and "epoch 1" not in out, name
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_flags_of_evaluate_and_inspect(tmp_path, corrupt):
+    for script, args in [("evaluate.py", [tmp_path / "missing.npz"]), ("evaluate.py", [corrupt]),
+                         ("inspect.py", ["--index", "-1"]), ("inspect.py", ["--checkpoint", corrupt])]:
+        proc = _script(script, *args)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr
+        assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+        assert proc.stderr.startswith(f"{script}: error: ")
+
+
+def test_offline_fallback_to_the_bundled_sample(tmp_path, monkeypatch, capsys):
+    _offline(monkeypatch, tmp_path)
+    out = tmp_path / "run"
+    assert cli.train_main(["--model", "seed", "--epochs", "1", "--out", str(out), "--quiet", "--no-plots"]) == 0
+    err = capsys.readouterr().err
+    notes = [line for line in err.splitlines() if line.startswith("train.py:")]
+    assert len(notes) == 1 and "mnist-sample" in notes[0], err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dataset"] == "mnist-sample" and metrics["epochs"] == 1
+
+
+def test_explicit_dataset_that_cannot_be_had_is_an_error(tmp_path, monkeypatch, capsys):
+    _offline(monkeypatch, tmp_path)
+    status = cli.train_main(["--dataset", "mnist", "--out", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 2
+    last = err.strip().splitlines()[-1]  # the lines before it are the failed downloads
+    assert last.startswith("train.py: error: dataset 'mnist' is not available")
+    assert not (tmp_path / "run" / "checkpoint.npz").exists()
+
+
+def test_ctrl_c_saves_the_last_finished_epoch(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, str(SCRIPTS / "train.py"), "--dataset", "mnist-sample", "--model", "seed",
+                             "--epochs", "500", "--out", str(out), "--no-plots"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 90
+        while not (out / "checkpoint.npz").exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert str(out / "checkpoint.npz") in stderr and "--resume" in stderr
+    ckpt = load_checkpoint(out / "checkpoint.npz")
+    assert ckpt.epoch >= 1 and len(ckpt.history) == ckpt.epoch
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.slow
+def test_resume_from_the_command_line_matches_a_straight_run(tmp_path):
+    common = ["--dataset", "mnist-sample", "--model", "seed", "--quiet", "--no-plots", "--seed", "7"]
+    assert cli.train_main([*common, "--epochs", "2", "--out", str(tmp_path / "straight")]) == 0
+    assert cli.train_main([*common, "--epochs", "1", "--out", str(tmp_path / "resumed")]) == 0
+    ckpt = tmp_path / "resumed" / "checkpoint.npz"
+    assert cli.train_main(["--resume", str(ckpt), "--epochs", "2", "--quiet", "--no-plots"]) == 0
+    a = np.load(tmp_path / "straight" / "checkpoint.npz", allow_pickle=False)
+    b = np.load(ckpt, allow_pickle=False)
+    keys = [k for k in a.files if k.startswith(("model/", "optimizer/state."))]
+    assert keys
+    for k in keys:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-6, atol=1e-7, err_msg=k)
+    metrics = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+    assert metrics["epochs"] == 2
+    # a flag that contradicts the checkpoint is refused
+    assert cli.train_main(["--resume", str(ckpt), "--model", "lenet5", "--quiet"]) == 2
+
+
+@pytest.mark.slow
+def test_lenet5_reaches_its_accuracy_on_the_sample(tmp_path):
+    """The defaults (Adam lr 2e-3, batch 16, exponential decay 0.6 per epoch), 5 epochs on the CPU."""
+    out = tmp_path / "lenet5"
+    assert cli.train_main(["--dataset", "mnist-sample", "--epochs", "5", "--out", str(out), "--quiet",
+                           "--no-plots"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"dataset", "model", "device", "epochs", "test_accuracy", "test_loss", "train_seconds",
+            "images_per_second"} <= set(metrics)
+    assert metrics["model"] == "lenet5" and metrics["epochs"] == 5 and metrics["device"] == "cpu"
+    assert metrics["test_accuracy"] >= 0.96, metrics["test_accuracy"]
+
+
+@pytest.mark.slow
+def test_seed_network_reaches_its_accuracy_on_the_sample(tmp_path):
+    out = tmp_path / "seed"
+    assert cli.train_main(["--dataset", "mnist-sample", "--model", "seed", "--optimizer", "sgd", "--lr", "0.02",
+                           "--batch-size", "32", "--gamma", "0.7", "--epochs", "10", "--out", str(out), "--quiet",
+                           "--no-plots"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_accuracy"] >= 0.92, metrics["test_accuracy"]
+
+
+@pytest.mark.slow
+def test_evaluate_and_inspect_read_a_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    assert cli.train_main(["--dataset", "mnist-sample", "--model", "seed", "--epochs", "1", "--out", str(out),
+                           "--quiet", "--no-plots"]) == 0
+    ckpt = out / "checkpoint.npz"
+    proc = _script("evaluate.py", ckpt, "--out", tmp_path / "eval")
+    assert proc.returncode == 0, proc.stderr
+    accuracy = json.loads((out / "metrics.json").read_text())["test_accuracy"]
+    assert f"test accuracy {100 * accuracy:.2f}%" in proc.stdout
+    assert "confusion matrix" in proc.stdout and (tmp_path / "eval" / "confusion_matrix.png").stat().st_size > 0
+    proc = _script("inspect.py", "--checkpoint", ckpt, "--index", "3", "--repeats", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "forward ms" in proc.stdout and "Conv2D" in proc.stdout
+    assert (out / "feature_maps_3.png").stat().st_size > 0

@@ -1,0 +1,222 @@
+"""cnnxp.train: fit / evaluate / predict, the history, checkpoints (atomic, pickle-free, portable) and exact resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import cnnxp
+from cnnxp import models
+from cnnxp import train as T
+from cnnxp.data import DataLoader, load_dataset
+from cnnxp.optim import SGD, Adam
+
+
+@pytest.fixture(scope="module")
+def small():
+    """256 training and 200 test digits of the bundled sample."""
+    x, y = load_dataset("mnist-sample", "train")
+    xt, yt = load_dataset("mnist-sample", "test")
+    return (x[:256], y[:256]), (xt[:200], yt[:200])
+
+
+def _state(model):
+    return {k: cnnxp.to_numpy(v).copy() for k, v in model.state_dict().items()}
+
+
+def test_fit_history_evaluate_predict(small):
+    (x, y), (xt, yt) = small
+    model = models.lenet5(seed=0)
+    opt = Adam(model, lr=2e-3)
+    lines = []
+    hist = T.fit(model, opt, DataLoader(x, y, 32, seed=0), 2, DataLoader(xt, yt, 64, shuffle=False),
+                 progress=False, log=lines.append)
+    assert len(hist) == 2 and len(lines) == 2 and lines[0].startswith("epoch 1/2")
+    for row in hist:
+        assert set(T.HISTORY_KEYS) <= set(row)
+        assert 0 <= row["train_accuracy"] <= 1 and row["images_per_second"] > 0
+    assert hist["train_loss"][1] < hist["train_loss"][0]
+    assert T.History.from_json(hist.to_json()).rows == hist.rows
+
+    result = T.evaluate(model, DataLoader(xt, yt, 64, shuffle=False), return_predictions=True)
+    assert result.confusion.shape == (10, 10) and result.confusion.sum() == len(yt)
+    np.testing.assert_array_equal(result.confusion.sum(axis=1), np.bincount(yt, minlength=10))
+    assert result.accuracy == pytest.approx(np.mean(result.predictions == yt))
+    assert result.accuracy == pytest.approx(hist[-1]["test_accuracy"])
+    np.testing.assert_array_equal(result.labels, yt)
+    assert model.training  # evaluate restores the mode
+
+    # predict agrees with evaluate and takes a host array; the loss is the mean over the data
+    xn = next(iter(DataLoader(xt, yt, len(yt), shuffle=False)))[0]
+    classes, probs = T.predict(model, cnnxp.to_numpy(xn), batch_size=50)
+    np.testing.assert_array_equal(cnnxp.to_numpy(classes), result.predictions)
+    np.testing.assert_allclose(cnnxp.to_numpy(probs).sum(axis=1), 1.0, rtol=1e-5)
+    nll = -np.log(cnnxp.to_numpy(probs)[np.arange(len(yt)), yt]).mean()
+    assert result.loss == pytest.approx(nll, rel=1e-4)
+
+
+def test_fit_rejects_bad_epochs(small):
+    (x, y), _ = small
+    model = models.seed_cnn()
+    with pytest.raises(ValueError, match="epochs"):
+        T.fit(model, SGD(model, 0.1), DataLoader(x, y, 32), 0, progress=False, log=None)
+
+
+def test_fit_on_array_api_strict(small):
+    """The loop, the metrics and evaluate use only the standard, and never mix devices."""
+    strict = pytest.importorskip("array_api_strict")
+    (x, y), (xt, yt) = small
+    dev = cnnxp.get_device(strict.Device("device1"), xp=strict)
+    model = models.seed_cnn(seed=0, device=dev)
+    hist = T.fit(model, SGD(model, 0.05, momentum=0.9), DataLoader(x[:64], y[:64], 16, device=dev), 1,
+                 DataLoader(xt[:50], yt[:50], 25, shuffle=False, device=dev), progress=False, log=None)
+    assert 0 <= hist[0]["test_accuracy"] <= 1
+    classes, probs = T.predict(model, next(iter(DataLoader(xt[:5], yt[:5], 5, device=dev)))[0])
+    assert tuple(probs.shape) == (5, 10)
+
+
+def _run(small, epochs, schedule, ckpt=None, stop_after=None, seed=3):
+    """Train the Dropout + BatchNorm preset; optionally stop after one epoch into a checkpoint, or resume from it."""
+    (x, y), (xt, yt) = small
+    model = models.fashion_cnn(seed=seed)
+    opt = Adam(model, lr=1e-3)
+    loader = DataLoader(x[:128], y[:128], 32, seed=seed)
+    history = None
+    if ckpt is not None and ckpt.exists():
+        c = T.load_checkpoint(ckpt)
+        # a fresh model with other initial weights: everything must come from the checkpoint
+        model = models.fashion_cnn(seed=seed + 1)
+        opt = Adam(model, lr=1e-3)
+        T.restore(c, model, opt, loader)
+        history = c.history
+
+    def save(hist):
+        if ckpt is not None:
+            T.save_checkpoint(ckpt, model, opt, epoch=len(hist), history=hist, config={"seed": seed}, loader=loader)
+
+    T.fit(model, opt, loader, stop_after or epochs, history=history, lr_schedule=schedule,
+          progress=False, log=None, on_epoch_end=save)
+    return model
+
+
+@pytest.mark.parametrize("schedule", [None, T.exponential_lr(1e-3, 0.6)], ids=["constant", "exponential"])
+def test_resume_equals_straight_run(small, tmp_path, schedule):
+    straight = _run(small, 2, schedule)
+    ckpt = tmp_path / "checkpoint.npz"
+    _run(small, 2, schedule, ckpt=ckpt, stop_after=1)
+    assert T.load_checkpoint(ckpt).epoch == 1
+    resumed = _run(small, 2, schedule, ckpt=ckpt)
+    a, b = _state(straight), _state(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-6, atol=1e-7, err_msg=key)
+    assert T.load_checkpoint(ckpt).epoch == 2
+
+
+def test_checkpoint_layout_has_no_pickles(small, tmp_path):
+    (x, y), _ = small
+    model = models.fashion_cnn(seed=0)
+    opt = Adam(model)
+    loader = DataLoader(x, y, 64, seed=5)
+    hist = T.History([{"epoch": 1, "train_loss": 1.0}])
+    path = T.save_checkpoint(tmp_path / "c.npz", model, opt, epoch=1, history=hist, config={"model": "fashion"},
+                             loader=loader)
+    with np.load(path, allow_pickle=False) as npz:
+        files = set(npz.files)
+        meta = json.loads(str(npz["meta"]))
+        assert all(npz[k].dtype != object for k in npz.files)
+    assert {"model/0.weight", "model/1.running_mean", "optimizer/step", "loader/rng_state", "meta"} <= files
+    assert meta["epoch"] == 1 and meta["config"] == {"model": "fashion"} and meta["history"] == hist.rows
+    dropouts = {str(i) for i, layer in enumerate(model) if layer.name == "Dropout"}
+    assert len(dropouts) == 2 and set(meta["model_rng"]) == dropouts
+    c = T.load_checkpoint(path)
+    assert c.optimizer_state["step"] == 0 and c.loader_state is not None
+
+
+def test_checkpoint_moves_between_devices(small, tmp_path):
+    strict = pytest.importorskip("array_api_strict")
+    dev = cnnxp.get_device(strict.Device("device1"), xp=strict)
+    (x, y), _ = small
+    src = models.lenet5(seed=0)
+    opt = Adam(src)
+    T.fit(src, opt, DataLoader(x[:64], y[:64], 32), 1, progress=False, log=None)
+    path = T.save_checkpoint(tmp_path / "c.npz", src, opt, epoch=1)
+    dst = models.lenet5(seed=1, device=dev)
+    dst_opt = Adam(dst)
+    T.restore(T.load_checkpoint(path), dst, dst_opt)
+    for key, value in dst.state_dict().items():
+        np.testing.assert_array_equal(cnnxp.to_numpy(value), cnnxp.to_numpy(src.state_dict()[key]))
+    # and back: saved from the strict device, loaded on the CPU
+    back = T.save_checkpoint(tmp_path / "d.npz", dst, dst_opt, epoch=1)
+    cpu = models.lenet5(seed=2)
+    T.restore(T.load_checkpoint(back), cpu, Adam(cpu))
+    np.testing.assert_array_equal(cnnxp.to_numpy(cpu[0].params["weight"]), cnnxp.to_numpy(src[0].params["weight"]))
+
+
+def test_atomic_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    model = models.seed_cnn(seed=0)
+    opt = SGD(model, 0.1)
+    path = tmp_path / "checkpoint.npz"
+    T.save_checkpoint(path, model, opt, epoch=1)
+    before = path.read_bytes()
+
+    def crash(file, arrays):
+        file.write(b"PK\x03\x04 half a zip file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(T, "_write_npz", crash)
+    model[0].params["weight"] = model[0].params["weight"] + 1.0
+    with pytest.raises(OSError, match="disk full"):
+        T.save_checkpoint(path, model, opt, epoch=2)
+    assert path.read_bytes() == before
+    assert T.load_checkpoint(path).epoch == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.npz"]  # no temporary files left
+
+    def interrupted(file, arrays):
+        file.write(b"PK")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "_write_npz", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        T.save_checkpoint(path, model, opt, epoch=2)
+    assert T.load_checkpoint(path).epoch == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.npz"]
+
+
+def test_load_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        T.load_checkpoint(tmp_path / "missing.npz")
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(T.CheckpointError, match="cannot be read"):
+        T.load_checkpoint(bad)
+    other = tmp_path / "other.npz"
+    np.savez(other, a=np.zeros(3))
+    with pytest.raises(T.CheckpointError, match="not a cnnxp checkpoint"):
+        T.load_checkpoint(other)
+    model = models.seed_cnn()
+    path = T.save_checkpoint(tmp_path / "seed.npz", model, None, epoch=1)
+    with pytest.raises(T.CheckpointError, match="does not fit"):
+        T.restore(T.load_checkpoint(path), models.lenet5())
+
+
+def test_schedules():
+    exp = T.exponential_lr(1.0, 0.5)
+    assert exp(0, 10, 3) == 1.0 and exp(10, 10, 3) == pytest.approx(0.5) and exp(15, 10, 99) == pytest.approx(0.5**1.5)
+    cos = T.cosine_lr(1.0)
+    assert cos(0, 10, 2) == 1.0 and cos(10, 10, 2) == pytest.approx(0.5) and cos(20, 10, 2) == pytest.approx(0.0)
+
+
+def test_synchronize_is_a_no_op_off_cuda():
+    from cnnxp.timing import format_layer_times, layer_times, synchronize
+
+    synchronize("cpu")
+    model = models.seed_cnn()
+    x = cnnxp.to_device(np.zeros((4, 1, 28, 28), np.float32), "cpu")
+    rows = layer_times(model, x, repeats=2)
+    assert [r["index"] for r in rows] == list(range(len(model)))
+    assert all(r["forward_s"] >= 0 and r["backward_s"] >= 0 for r in rows)
+    table = format_layer_times(rows, batch_size=4)
+    assert "Conv2D" in table and "total" in table

@@ -185,7 +185,70 @@ def conv_chunk_size(per_image_bytes: int, batch: int, chunk_bytes: int | None = 
     return max(1, min(batch, limit // max(1, per_image_bytes)))
 
 
-def conv2d_forward(x, weight, bias=None, stride=1, padding=0, chunk_bytes=None):
+class _ConvGeometry:
+    """Where the columns come from: strided slices of the padded input, or shifts of its flattened rows.
+
+    The *flat* layout (stride 1 only) views each padded image, with one extra zero
+    row, as a single vector; the slice for kernel offset ``(i, j)`` is then one
+    contiguous run starting at ``i * Wp + j``. Its columns cover every output row
+    at the padded width ``Wp`` (the last ``kw - 1`` positions of each row are
+    discarded), so the matrix is ``Wp / out_w`` times wider, but each copy moves
+    long contiguous runs instead of ``out_w``-long pieces, which is faster.
+    """
+
+    def __init__(self, in_hw, kernel, stride, padding, out_size, flat):
+        self.in_hw, self.kernel, self.stride, self.padding = in_hw, kernel, stride, padding
+        self.out_size, self.flat = out_size, flat
+        self.padded = (in_hw[0] + 2 * padding[0], in_hw[1] + 2 * padding[1])
+        self.row = self.padded[1] if flat else out_size[1]  # output positions per row in the columns
+        self.length = out_size[0] * self.row  # columns per image
+
+    def source(self, xp, x_cnhw):
+        """The padded channels-first input the columns are cut from."""
+        if not self.flat:
+            return pad2d(x_cnhw, self.padding)
+        c, n, h, w = x_cnhw.shape
+        (ph, pw), (hp, wp) = self.padding, self.padded
+        src = xp.zeros((c, n, hp + 1, wp), dtype=x_cnhw.dtype, device=device_of(x_cnhw))
+        src[:, :, ph : ph + h, pw : pw + w] = x_cnhw
+        return xp.reshape(src, (c, n, (hp + 1) * wp))
+
+    def columns(self, xp, src):
+        """``(C*kh*kw, n*length)`` columns of a slice of the source."""
+        if not self.flat:
+            return im2col(src, self.kernel, self.stride, self.out_size)
+        c, n = src.shape[:2]
+        kh, kw = self.kernel
+        wp, length = self.padded[1], self.length
+        cols = xp.stack([src[:, :, i * wp + j : i * wp + j + length] for i in range(kh) for j in range(kw)],
+                        axis=1)
+        return xp.reshape(cols, (c * kh * kw, n * length))
+
+    def add_columns(self, xp, dcols, src_shape):
+        """Adjoint of `columns`: the gradient of the source, shape ``src_shape``."""
+        if not self.flat:
+            return col2im(dcols, src_shape, self.kernel, self.stride, self.out_size)
+        c, n = src_shape[:2]
+        kh, kw = self.kernel
+        wp, length = self.padded[1], self.length
+        parts = xp.reshape(dcols, (c, kh * kw, n, length))
+        dsrc = xp.zeros(src_shape, dtype=dcols.dtype, device=device_of(dcols))
+        for i in range(kh):
+            for j in range(kw):
+                off = i * wp + j
+                dsrc[:, :, off : off + length] = dsrc[:, :, off : off + length] + parts[:, i * kw + j, ...]
+        return dsrc
+
+    def crop(self, xp, dsrc):
+        """The input gradient ``(C, N, H, W)`` inside the source's padding."""
+        (ph, pw), (h, w) = self.padding, self.in_hw
+        if self.flat:
+            c, n = dsrc.shape[:2]
+            dsrc = xp.reshape(dsrc, (c, n, self.padded[0] + 1, self.padded[1]))
+        return dsrc[:, :, ph : ph + h, pw : pw + w]
+
+
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, chunk_bytes=None, flat=None):
     """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
 
     Parameters
@@ -197,6 +260,9 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, chunk_bytes=None):
     chunk_bytes : int, optional
         Bound on the column matrix; defaults to `CONV_CHUNK_BYTES`. Larger
         batches are convolved in slices of the batch.
+    flat : bool, optional
+        Use the flat-row column layout (stride 1 only; the default there) or
+        strided slices (the default for other strides). Both give the same result.
 
     Returns
     -------
@@ -212,28 +278,34 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, chunk_bytes=None):
         conv_output_size(h, kh, stride[0], padding[0]),
         conv_output_size(w, kw, stride[1], padding[1]),
     )
-    length = out_size[0] * out_size[1]
-    x_cnhw = pad2d(xp.permute_dims(x, (1, 0, 2, 3)), padding)
+    if flat is None:
+        flat = stride == (1, 1)
+    elif flat and stride != (1, 1):
+        raise ValueError(f"the flat column layout needs stride 1, got stride {stride}")
+    geo = _ConvGeometry((h, w), (kh, kw), stride, padding, out_size, flat)
+    src = geo.source(xp, xp.permute_dims(x, (1, 0, 2, 3)))
     w2 = xp.reshape(weight, (o, c * kh * kw))
-    step = conv_chunk_size(c * kh * kw * length * xp.finfo(x.dtype).bits // 8, n, chunk_bytes)
+    step = conv_chunk_size(c * kh * kw * geo.length * (xp.finfo(x.dtype).bits // 8), n, chunk_bytes)
     if step >= n:
-        cols = im2col(x_cnhw, (kh, kw), stride, out_size)
+        cols = geo.columns(xp, src)
         out = w2 @ cols
         if bias is not None:
             out += bias[:, None]
-        out = xp.reshape(out, (o, n, *out_size))
+        out = xp.reshape(out, (o, n, out_size[0], geo.row))
         kept = cols
     else:
         # Bounded memory: one slice of the batch at a time; backward rebuilds the columns.
-        out = xp.empty((o, n, *out_size), dtype=x.dtype, device=device_of(x))
+        out = xp.empty((o, n, out_size[0], geo.row), dtype=x.dtype, device=device_of(x))
         for start in range(0, n, step):
             stop = min(n, start + step)
-            cols = im2col(x_cnhw[:, start:stop, ...], (kh, kw), stride, out_size)
-            out[:, start:stop, ...] = xp.reshape(w2 @ cols, (o, stop - start, *out_size))
+            part = w2 @ geo.columns(xp, src[:, start:stop, ...])
+            out[:, start:stop, ...] = xp.reshape(part, (o, stop - start, out_size[0], geo.row))
         if bias is not None:
             out += bias[:, None, None, None]
-        kept = x_cnhw
-    cache = (kept, step, tuple(x_cnhw.shape), weight, stride, padding, out_size)
+        kept = src
+    if flat:
+        out = out[:, :, :, : out_size[1]]
+    cache = (kept, step, tuple(src.shape), geo, weight)
     return xp.permute_dims(out, (1, 0, 2, 3)), cache
 
 
@@ -244,40 +316,40 @@ def conv2d_backward(grad_out, cache, need_input_grad=True):
     network: nothing upstream needs it, and col2im is most of the backward time).
     """
     xp = array_namespace(grad_out)
-    kept, step, padded_shape, weight, stride, padding, out_size = cache
+    kept, step, src_shape, geo, weight = cache
     o, c, kh, kw = weight.shape
-    n = padded_shape[1]
-    length = out_size[0] * out_size[1]
+    n = src_shape[1]
+    oh, ow = geo.out_size
     w2 = xp.reshape(weight, (o, c * kh * kw))
     g_onhw = xp.permute_dims(grad_out, (1, 0, 2, 3))
+    grad_bias = xp.sum(g_onhw, axis=(1, 2, 3))
+    if geo.flat:
+        # The discarded positions of each row get a zero gradient: they add nothing below.
+        g_full = xp.zeros((o, n, oh, geo.row), dtype=grad_out.dtype, device=device_of(grad_out))
+        g_full[:, :, :, :ow] = g_onhw
+    else:
+        g_full = g_onhw
     if step >= n:
-        g = xp.reshape(g_onhw, (o, n * length))
-        grad_weight = xp.reshape(g @ xp.matrix_transpose(kept), weight.shape)
-        grad_bias = xp.sum(g, axis=1)
+        g = xp.reshape(g_full, (o, n * geo.length))
+        # cols @ g.T, then transposed, is the faster gemm orientation here (a long K against two thin operands).
+        grad_weight = xp.reshape(xp.matrix_transpose(kept @ xp.matrix_transpose(g)), weight.shape)
         if not need_input_grad:
             return None, grad_weight, grad_bias
-        dx = col2im(xp.matrix_transpose(w2) @ g, padded_shape, (kh, kw), stride, out_size)
+        dsrc = geo.add_columns(xp, xp.matrix_transpose(w2) @ g, src_shape)
     else:
         grad_weight = xp.zeros((o, c * kh * kw), dtype=grad_out.dtype, device=device_of(grad_out))
-        grad_bias = xp.sum(xp.reshape(g_onhw, (o, n * length)), axis=1)
-        dx = None
-        if need_input_grad:
-            dx = xp.empty(padded_shape, dtype=grad_out.dtype, device=device_of(grad_out))
+        dsrc = xp.empty(src_shape, dtype=grad_out.dtype, device=device_of(grad_out)) if need_input_grad else None
         for start in range(0, n, step):
             stop = min(n, start + step)
-            g = xp.reshape(g_onhw[:, start:stop, ...], (o, (stop - start) * length))
-            cols = im2col(kept[:, start:stop, ...], (kh, kw), stride, out_size)
-            grad_weight += g @ xp.matrix_transpose(cols)
+            g = xp.reshape(g_full[:, start:stop, ...], (o, (stop - start) * geo.length))
+            grad_weight += xp.matrix_transpose(geo.columns(xp, kept[:, start:stop, ...]) @ xp.matrix_transpose(g))
             if need_input_grad:
-                part_shape = (c, stop - start, *padded_shape[2:])
-                dx[:, start:stop, ...] = col2im(xp.matrix_transpose(w2) @ g, part_shape, (kh, kw), stride,
-                                                out_size)
+                part_shape = (src_shape[0], stop - start, *src_shape[2:])
+                dsrc[:, start:stop, ...] = geo.add_columns(xp, xp.matrix_transpose(w2) @ g, part_shape)
         grad_weight = xp.reshape(grad_weight, weight.shape)
         if not need_input_grad:
             return None, grad_weight, grad_bias
-    ph, pw = padding
-    dx = dx[:, :, ph : padded_shape[2] - ph, pw : padded_shape[3] - pw]
-    return xp.permute_dims(dx, (1, 0, 2, 3)), grad_weight, grad_bias
+    return xp.permute_dims(geo.crop(xp, dsrc), (1, 0, 2, 3)), grad_weight, grad_bias
 
 
 def _pool_geometry(x, kernel_size, stride, padding):
@@ -362,16 +434,14 @@ def maxpool2d_backward(grad_out, cache):
             dx[:, :, si, sj] = dx[:, :, si, sj] + part if overlapping else part
         return _unpad(dx, padding)
     xpad, out = saved
-    taken = None
+    # Walk the window in row-major order; the first input equal to the maximum takes the
+    # whole gradient and leaves nothing for later ties (g - g is exactly 0).
+    remaining = grad_out
     for k, (si, sj) in enumerate(slices):
-        hit = xpad[:, :, si, sj] == out
-        if taken is None:
-            first, taken = hit, hit
-        else:
-            first = hit & ~taken
-            if k + 1 < len(slices):
-                taken = taken | hit
-        part = grad_out * xp.astype(first, grad_out.dtype)
+        hit = xp.astype(xpad[:, :, si, sj] == out, grad_out.dtype)
+        part = remaining * hit
+        if k + 1 < len(slices):
+            remaining = remaining - part
         dx[:, :, si, sj] = dx[:, :, si, sj] + part if overlapping else part
     return _unpad(dx, padding)
 

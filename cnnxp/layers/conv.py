@@ -73,8 +73,11 @@ class Conv2D(Layer):
                 f"the layer has in_channels={self.in_channels}"
             )
         self._check_place(x)
+        # The flat column layout is faster forward but its backward is slower (docs/performance.md):
+        # take it for inference, the strided one for training.
         out, self.cache = ops.conv2d_forward(
-            x, self.params["weight"], self.params.get("bias"), self.stride, self.padding
+            x, self.params["weight"], self.params.get("bias"), self.stride, self.padding,
+            flat=None if not self.training else False,
         )
         return out
 

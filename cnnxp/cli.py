@@ -151,7 +151,7 @@ def _load_split(name: str, data_dir, split: str):
     try:
         return load_dataset(name, split, data_dir=data_dir)
     except DatasetNotFoundError as exc:
-        first = str(exc).splitlines()[0].rstrip(" in")
+        first = str(exc).splitlines()[0].removesuffix(" in")
         raise UsageError(
             f"dataset {name!r} is not available ({first}; not downloadable): pass --data-dir DIR with its IDX "
             "files, set CNNXP_DATA, or use --dataset mnist-sample"

@@ -1,0 +1,508 @@
+"""Throughput and peak memory of cnnxp against PyTorch and a per-image loop version.
+
+For each model (``seed``: the notebook's network, ``lenet5``) and batch size it
+times training steps (forward, softmax cross-entropy, backward, SGD with
+momentum) and inference (forward in eval mode) in images per second: warm-up
+rounds first, then several timed rounds, reported as median and min-max. The
+same architecture in PyTorch (when installed) runs on the same device, batch
+and optimizer, with ``torch.set_num_threads`` equal to NumPy's BLAS thread
+count. cnnxp and PyTorch rounds alternate, so background load hits both alike.
+
+The per-image loop version is written here as a teaching notebook would write
+it: pure NumPy with Python loops over filters and output positions, one image
+at a time. It stands for where learners start and is timed on a few hundred
+images only.
+
+Peak memory is measured per configuration in a fresh subprocess: peak resident
+set size (``ru_maxrss``) and its rise over the process after imports, model and
+data (CPU), or the allocator's peak (CuPy memory pool, ``torch.cuda.max_memory_allocated``).
+
+Examples
+--------
+    python scripts/benchmark.py                      # CPU, full run
+    python scripts/benchmark.py --quick              # a short run
+    python scripts/benchmark.py --device cuda --models lenet5 --batch-sizes 256,1024 --json gpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+# scripts/ holds an inspect.py; keep it from shadowing the standard library's module.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--models", default="seed,lenet5", help="comma-separated: seed, lenet5")
+    p.add_argument("--batch-sizes", default="64,256", help="comma-separated batch sizes")
+    p.add_argument("--rounds", type=int, default=7, help="timed rounds per measurement (median, min-max)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
+    p.add_argument("--round-seconds", type=float, default=0.5, help="approximate length of one round")
+    p.add_argument("--loop-images", type=int, default=300, help="images for the per-image loop version")
+    p.add_argument("--no-torch", action="store_true", help="skip PyTorch")
+    p.add_argument("--no-loop", action="store_true", help="skip the per-image loop version")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--compare-cpu", action="store_true",
+                   help="with a cuda --device, also time cnnxp on the CPU for the same configurations")
+    p.add_argument("--threads", type=int, default=None,
+                   help="BLAS/torch threads (default: whatever NumPy's BLAS uses, i.e. all cores)")
+    p.add_argument("--quick", action="store_true", help="a short run: 3 rounds of ~0.2 s, 100 loop images")
+    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.rounds, args.warmup, args.round_seconds, args.loop_images = 3, 1, 0.2, 100
+    return args
+
+
+ARGS = parse_args()
+if ARGS.threads is not None:  # before NumPy loads its BLAS
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(ARGS.threads)
+
+import numpy as np  # noqa: E402
+
+import cnnxp  # noqa: E402
+from cnnxp.losses import softmax_cross_entropy  # noqa: E402
+from cnnxp.models import lenet5, seed_cnn  # noqa: E402
+from cnnxp.optim import SGD  # noqa: E402
+
+LR, MOMENTUM = 0.01, 0.9
+MODELS = {"seed": seed_cnn, "lenet5": lenet5}
+
+torch = None  # imported by load_torch() only where PyTorch is used, so cnnxp's memory is measured without it
+
+
+def load_torch():
+    global torch
+    if torch is None:
+        try:
+            import torch as _torch
+        except ImportError:  # the comparison is optional
+            return None
+        torch = _torch
+    return torch
+
+
+# -- environment ---------------------------------------------------------------------
+
+
+def blas_threads() -> int:
+    """Threads NumPy's BLAS uses (asked from OpenBLAS when possible, else the environment or the core count)."""
+    try:
+        import ctypes
+        import glob
+
+        libdir = os.path.join(os.path.dirname(np.__file__), "..", "numpy.libs")
+        for lib in glob.glob(os.path.join(libdir, "*openblas*")):
+            handle = ctypes.CDLL(lib)
+            for name in ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_",
+                         "openblas_get_num_threads"):
+                if hasattr(handle, name):
+                    return int(getattr(handle, name)())
+    except OSError:
+        pass
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return os.cpu_count() or 1
+
+
+def load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def device_label(device: str) -> str:
+    if device == "cpu":
+        return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    import cupy
+
+    dev = cnnxp.get_device(device).native
+    return cupy.cuda.runtime.getDeviceProperties(dev.id)["name"].decode()
+
+
+# -- the contenders ------------------------------------------------------------------
+
+
+def make_data(batch: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, size=batch).astype(np.int64)
+    return x, y
+
+
+class CnnxpRunner:
+    def __init__(self, model_name: str, batch: int, device: str):
+        self.dev = cnnxp.get_device(device)
+        self.model = MODELS[model_name](seed=0, device=device)
+        self.opt = SGD(self.model, lr=LR, momentum=MOMENTUM)
+        x, y = make_data(batch)
+        self.x, self.y = cnnxp.to_device(x, self.dev), cnnxp.to_device(y, self.dev)
+
+    def train_step(self):
+        self.model.train()
+        logits = self.model.forward(self.x)
+        _, grad = softmax_cross_entropy(logits, self.y)
+        self.model.backward(grad, need_input_grad=False)
+        self.opt.step()
+
+    def infer_step(self):
+        self.model.eval()
+        self.model.forward(self.x)
+
+    def sync(self):
+        if self.dev.name.startswith("cuda"):
+            self.dev.native.synchronize()
+
+
+def torch_model(model_name: str):
+    nn = torch.nn
+    if model_name == "seed":
+        return nn.Sequential(nn.Conv2d(1, 8, 2, stride=2, padding=1), nn.MaxPool2d(2, stride=2, padding=1),
+                             nn.Flatten(), nn.Linear(8 * 8 * 8, 10))
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10),
+    )
+
+
+class TorchRunner:
+    def __init__(self, model_name: str, batch: int, device: str):
+        self.device = torch.device(device)
+        torch.manual_seed(0)
+        self.model = torch_model(model_name).to(self.device)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
+        x, y = make_data(batch)
+        self.x, self.y = torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device)
+
+    def train_step(self):
+        self.model.train()
+        self.opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(self.model(self.x), self.y)
+        loss.backward()
+        self.opt.step()
+
+    def infer_step(self):
+        self.model.eval()
+        with torch.no_grad():
+            self.model(self.x)
+
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+class LoopCNN:
+    """The notebook's network one image at a time, with Python loops (the starting point learners know).
+
+    Conv(1 -> 8, 2x2, stride 2, padding 1) -> MaxPool(2x2, stride 2, padding 1) -> dense softmax(512 -> 10),
+    trained by plain SGD. Written for this benchmark; nothing is vectorised across positions or filters.
+    """
+
+    def __init__(self, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.filters = (rng.standard_normal((8, 2, 2)) / 4).astype(np.float32)
+        self.conv_bias = np.zeros(8, np.float32)
+        self.weights = (rng.standard_normal((512, 10)) / 512).astype(np.float32)
+        self.biases = np.zeros(10, np.float32)
+
+    def forward(self, image):
+        padded = np.zeros((30, 30), np.float32)
+        padded[1:29, 1:29] = image
+        conv = np.zeros((8, 15, 15), np.float32)
+        for f in range(8):
+            for i in range(15):
+                for j in range(15):
+                    region = padded[2 * i : 2 * i + 2, 2 * j : 2 * j + 2]
+                    conv[f, i, j] = np.sum(region * self.filters[f]) + self.conv_bias[f]
+        pooled = np.zeros((8, 8, 8), np.float32)
+        where = np.zeros((8, 8, 8, 2), np.int64)
+        for f in range(8):
+            for i in range(8):
+                for j in range(8):
+                    best, bi, bj = -np.inf, 0, 0
+                    for a in range(2):
+                        for b in range(2):
+                            r, c = 2 * i + a - 1, 2 * j + b - 1
+                            if 0 <= r < 15 and 0 <= c < 15 and conv[f, r, c] > best:
+                                best, bi, bj = conv[f, r, c], r, c
+                    pooled[f, i, j] = best
+                    where[f, i, j] = (bi, bj)
+        logits = pooled.reshape(-1) @ self.weights + self.biases
+        e = np.exp(logits - np.max(logits))
+        return padded, where, pooled, e / np.sum(e)
+
+    def train_image(self, image, label, lr=LR):
+        padded, where, pooled, probs = self.forward(image)
+        d_logits = probs.copy()
+        d_logits[label] -= 1.0
+        d_pooled = (self.weights @ d_logits).reshape(8, 8, 8)
+        self.weights -= lr * np.outer(pooled.reshape(-1), d_logits)
+        self.biases -= lr * d_logits
+        d_conv = np.zeros((8, 15, 15), np.float32)
+        for f in range(8):
+            for i in range(8):
+                for j in range(8):
+                    r, c = where[f, i, j]
+                    d_conv[f, r, c] += d_pooled[f, i, j]
+        d_filters = np.zeros_like(self.filters)
+        for f in range(8):
+            for i in range(15):
+                for j in range(15):
+                    d_filters[f] += d_conv[f, i, j] * padded[2 * i : 2 * i + 2, 2 * j : 2 * j + 2]
+        self.filters -= lr * d_filters
+        self.conv_bias -= lr * np.sum(d_conv, axis=(1, 2))
+
+    def predict(self, image):
+        return int(np.argmax(self.forward(image)[3]))
+
+
+def time_loop(images: int, train: bool) -> list[float]:
+    """Images per second of the loop version, in a few rounds over ``images`` images in total."""
+    x, y = make_data(max(images, 1), seed=1)
+    net = LoopCNN()
+    net.train_image(x[0, 0], int(y[0]))  # warm-up
+    rounds = 3
+    per = max(1, images // rounds)
+    rates = []
+    for r in range(rounds):
+        start = time.perf_counter()
+        for k in range(r * per, (r + 1) * per):
+            if train:
+                net.train_image(x[k, 0], int(y[k]))
+            else:
+                net.predict(x[k, 0])
+        rates.append(per / (time.perf_counter() - start))
+    return rates
+
+
+# -- timing --------------------------------------------------------------------------
+
+
+def calibrate(step, sync, seconds: float) -> int:
+    """Steps per round so that a round lasts about ``seconds``."""
+    sync()
+    start = time.perf_counter()
+    step()
+    sync()
+    once = max(time.perf_counter() - start, 1e-6)
+    return max(1, int(seconds / once))
+
+
+def time_interleaved(contenders: dict, batch: int, args) -> dict[str, list[float]]:
+    """Images per second of each contender's step, with their rounds alternating."""
+    steps = {}
+    for name, (step, sync) in contenders.items():
+        for _ in range(args.warmup):
+            n = calibrate(step, sync, args.round_seconds)
+            for _ in range(n):
+                step()
+            sync()
+        steps[name] = calibrate(step, sync, args.round_seconds)
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(args.rounds):
+        for name, (step, sync) in contenders.items():
+            n = steps[name]
+            sync()
+            start = time.perf_counter()
+            for _ in range(n):
+                step()
+            sync()
+            rates[name].append(n * batch / (time.perf_counter() - start))
+    return rates
+
+
+def summary(rates: list[float]) -> dict:
+    return {"median": statistics.median(rates), "min": min(rates), "max": max(rates), "rounds": rates}
+
+
+# -- peak memory (fresh subprocess per configuration) -----------------------------------
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def child_memory(spec: str) -> None:
+    """Run one configuration a few steps and print its peak memory as JSON (the ``--_child`` mode)."""
+    import resource
+
+    framework, model_name, batch, mode, device = spec.split(",")
+    batch = int(batch)
+    if framework == "torch":
+        load_torch().set_num_threads(blas_threads())
+    runner = (CnnxpRunner if framework == "cnnxp" else TorchRunner)(model_name, batch, device)
+    step = runner.train_step if mode == "train" else runner.infer_step
+    runner.sync()
+    out = {}
+    if device == "cpu":
+        base = rss_bytes()
+        for _ in range(3):
+            step()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        out = {"peak_rss_mb": peak / 2**20, "step_rise_mb": max(0, peak - base) / 2**20}
+    elif framework == "cnnxp":
+        import cupy
+
+        pool = cupy.get_default_memory_pool()
+        before = pool.total_bytes()
+        for _ in range(3):
+            step()
+        runner.sync()
+        out = {"peak_device_mb": pool.total_bytes() / 2**20, "step_rise_mb": (pool.total_bytes() - before) / 2**20}
+    else:
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        for _ in range(3):
+            step()
+        runner.sync()
+        peak = torch.cuda.max_memory_allocated()
+        out = {"peak_device_mb": peak / 2**20, "step_rise_mb": (peak - before) / 2**20}
+    print(json.dumps(out))
+
+
+def measure_memory(framework, model_name, batch, mode, device, threads) -> dict | None:
+    cmd = [sys.executable, os.path.abspath(__file__), "--_child", f"{framework},{model_name},{batch},{mode},{device}"]
+    if threads is not None:
+        cmd += ["--threads", str(threads)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, ValueError, IndexError) as exc:
+        print(f"  (memory measurement failed for {framework} {model_name} {batch} {mode}: {exc})", file=sys.stderr)
+        return None
+
+
+# -- the run -------------------------------------------------------------------------
+
+
+def fmt_rate(s: dict | None) -> str:
+    if not s:
+        return "-"
+    return f"{s['median']:,.0f} ({s['min']:,.0f}-{s['max']:,.0f})"
+
+
+def fmt_mem(m: dict | None) -> str:
+    if not m:
+        return "-"
+    if "peak_rss_mb" in m:
+        return f"{m['peak_rss_mb']:.0f}/+{m['step_rise_mb']:.0f}"
+    return f"{m['peak_device_mb']:.0f}"
+
+
+def main(args) -> int:
+    if args._child:
+        child_memory(args._child)
+        return 0
+    threads = blas_threads()
+    use_torch = not args.no_torch and load_torch() is not None
+    if use_torch:
+        torch.set_num_threads(threads)
+    if use_torch and args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("PyTorch has no CUDA here: skipping the PyTorch column", file=sys.stderr)
+        use_torch = False
+    cnnxp.get_device(args.device)  # fail early with cnnxp's message if the device is unavailable
+    meta = {
+        "device": args.device, "device_name": device_label(args.device), "threads": threads,
+        "numpy": np.__version__, "torch": torch.__version__ if use_torch else None,
+        "python": platform.python_version(), "load_average_before": load_average(),
+        "rounds": args.rounds, "warmup": args.warmup, "round_seconds": args.round_seconds,
+        "optimizer": f"SGD(lr={LR}, momentum={MOMENTUM})",
+    }
+    print(f"device {args.device} ({meta['device_name']}), BLAS/torch threads {threads}, "
+          f"numpy {meta['numpy']}, torch {meta['torch']}, load average {meta['load_average_before']}")
+    rows = []
+    loop = {}
+    if not args.no_loop and "seed" in args.models.split(","):
+        loop = {"train": summary(time_loop(args.loop_images, train=True)),
+                "infer": summary(time_loop(args.loop_images, train=False))}
+        print(f"per-image loop version (seed network, {args.loop_images} images): "
+              f"train {fmt_rate(loop['train'])} img/s, infer {fmt_rate(loop['infer'])} img/s")
+    for model_name in args.models.split(","):
+        for batch in (int(b) for b in args.batch_sizes.split(",")):
+            mine = CnnxpRunner(model_name, batch, args.device)
+            theirs = TorchRunner(model_name, batch, args.device) if use_torch else None
+            cpu = (CnnxpRunner(model_name, batch, "cpu")
+                   if args.compare_cpu and args.device != "cpu" else None)
+            for mode in ("train", "infer"):
+                contenders = {"cnnxp": (getattr(mine, f"{mode}_step"), mine.sync)}
+                if theirs is not None:
+                    contenders["torch"] = (getattr(theirs, f"{mode}_step"), theirs.sync)
+                if cpu is not None:
+                    contenders["cnnxp_cpu"] = (getattr(cpu, f"{mode}_step"), cpu.sync)
+                rates = time_interleaved(contenders, batch, args)
+                row = {"model": model_name, "batch": batch, "mode": mode,
+                       **{name: summary(r) for name, r in rates.items()}}
+                if "torch" in row:
+                    row["ratio_torch"] = row["cnnxp"]["median"] / row["torch"]["median"]
+                if "cnnxp_cpu" in row:
+                    row["ratio_cpu"] = row["cnnxp"]["median"] / row["cnnxp_cpu"]["median"]
+                if model_name == "seed" and loop:
+                    row["loop"] = loop[mode]
+                    row["ratio_loop"] = row["cnnxp"]["median"] / loop[mode]["median"]
+                if not args.no_memory:
+                    row["memory_cnnxp"] = measure_memory("cnnxp", model_name, batch, mode, args.device,
+                                                         args.threads)
+                    if theirs is not None:
+                        row["memory_torch"] = measure_memory("torch", model_name, batch, mode, args.device,
+                                                             args.threads)
+                rows.append(row)
+                print(f"  {model_name} b{batch} {mode}: cnnxp {fmt_rate(row['cnnxp'])}"
+                      + (f", torch {fmt_rate(row['torch'])}, x{row['ratio_torch']:.2f}" if "torch" in row else ""),
+                      flush=True)
+    meta["load_average_after"] = load_average()
+    print_table(rows, meta)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "results": rows}, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def print_table(rows, meta) -> None:
+    mem_unit = "peak RSS/step rise MB" if meta["device"] == "cpu" else "peak device MB"
+    head = ["model", "batch", "mode", "cnnxp img/s", "torch img/s", "vs torch"]
+    if any("cnnxp_cpu" in r for r in rows):
+        head += ["cnnxp CPU img/s", "vs CPU"]
+    if any("loop" in r for r in rows):
+        head += ["loop img/s", "vs loop"]
+    head += [f"cnnxp {mem_unit}", f"torch {mem_unit}"]
+    table = [head]
+    for r in rows:
+        line = [r["model"], str(r["batch"]), r["mode"], fmt_rate(r["cnnxp"]), fmt_rate(r.get("torch")),
+                f"{r['ratio_torch']:.2f}x" if "ratio_torch" in r else "-"]
+        if "cnnxp CPU img/s" in head:
+            line += [fmt_rate(r.get("cnnxp_cpu")), f"{r['ratio_cpu']:.1f}x" if "ratio_cpu" in r else "-"]
+        if "loop img/s" in head:
+            line += [fmt_rate(r.get("loop")), f"{r['ratio_loop']:.0f}x" if "ratio_loop" in r else "-"]
+        line += [fmt_mem(r.get("memory_cnnxp")), fmt_mem(r.get("memory_torch"))]
+        table.append(line)
+    widths = [max(len(t[c]) for t in table) for c in range(len(head))]
+    print()
+    print(f"device {meta['device']} ({meta['device_name']}), threads {meta['threads']}, "
+          f"{meta['optimizer']}, {meta['rounds']} rounds: median (min-max); "
+          f"load average {meta['load_average_before']} -> {meta['load_average_after']}")
+    for i, t in enumerate(table):
+        print("  ".join(c.rjust(w) if k >= 3 else c.ljust(w) for k, (c, w) in enumerate(zip(t, widths, strict=True))))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+if __name__ == "__main__":
+    sys.exit(main(ARGS))

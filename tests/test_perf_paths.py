@@ -1,0 +1,172 @@
+"""The fast paths give the general path's results: non-overlapping max pooling, batch-sliced and flat-layout convolution.
+
+Pooling paths select, they do not add in a different order, so they must agree
+exactly, ties included (the first maximum of a window in row-major order takes
+the gradient). Convolution paths sum in another order, so they agree to the
+dtype's tolerance; chunk sizes are chosen to put slice boundaries inside the batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import cnnxp
+from cnnxp import layers, ops
+
+
+def host(a):
+    return np.asarray(cnnxp.to_numpy(a), dtype=np.float64)
+
+
+def pool_both(backend, x, k, s, p):
+    """(out, grad_in) of the general (stacked windows) and the fast (pairwise maximum) path."""
+    results = []
+    rng = np.random.default_rng(1)
+    grad = None
+    for fast in (False, True):
+        out, cache = ops.maxpool2d_forward(x, k, s, p, fast=fast)
+        if grad is None:
+            grad = backend.asarray(rng.standard_normal(tuple(out.shape)))
+        results.append((out, ops.maxpool2d_backward(grad, cache)))
+    return results
+
+
+POOL_CASES = [  # kernel, stride, padding, (H, W)
+    (2, 2, 0, (28, 28)),   # LeNet-5's MaxPool2D(2): tiles the input
+    (2, 2, 1, (15, 15)),   # the notebook network's pool: padding, last row and column unused
+    (3, 3, 1, (10, 11)),
+    (2, 3, 0, (11, 11)),   # stride > kernel: gaps between windows
+    ((2, 3), (2, 3), (1, 0), (9, 12)),
+    (1, 2, 0, (7, 7)),
+    (3, 1, 1, (6, 7)),     # overlapping windows, forced onto the fast path
+    (2, 1, 0, (5, 6)),
+]
+
+
+@pytest.mark.parametrize("k,s,p,hw", POOL_CASES)
+@pytest.mark.parametrize("inputs", ["random", "ties", "constant"])
+def test_maxpool_fast_path_matches_general(backend, k, s, p, hw, inputs):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 2, *hw))
+    if inputs == "ties":
+        x = np.round(x)  # many equal maxima inside windows
+    elif inputs == "constant":
+        x = np.full_like(x, 0.5)  # every element of every window ties
+    (out_g, dx_g), (out_f, dx_f) = pool_both(backend, backend.asarray(x), k, s, p)
+    backend.assert_on_backend(out_f)
+    backend.assert_on_backend(dx_f)
+    np.testing.assert_array_equal(host(out_f), host(out_g))
+    np.testing.assert_array_equal(host(dx_f), host(dx_g))
+
+
+def test_maxpool_ties_go_to_first_maximum(backend):
+    # 2x2 windows over a constant image: only the top-left element of each window gets gradient.
+    x = backend.asarray(np.ones((1, 1, 4, 6)))
+    layer = layers.MaxPool2D(2)
+    out = layer(x)
+    grad = np.arange(1, 7, dtype=np.float64).reshape(1, 1, 2, 3)
+    dx = host(layer.backward(backend.asarray(grad)))
+    expected = np.zeros((1, 1, 4, 6))
+    expected[:, :, ::2, ::2] = grad
+    np.testing.assert_array_equal(host(out), np.ones((1, 1, 2, 3)))
+    np.testing.assert_array_equal(dx, expected)
+
+
+def test_maxpool_tie_with_padding_goes_to_first_real_maximum(backend):
+    # padding=1 with 2x2 windows: the top-left window holds 3 padding cells and x[0, 0].
+    x = np.zeros((1, 1, 3, 3))
+    x[0, 0, 0, 1] = x[0, 0, 1, 0] = 2.0
+    layer = layers.MaxPool2D(2, stride=2, padding=1)
+    layer(backend.asarray(x))
+    dx = host(layer.backward(backend.asarray(np.ones((1, 1, 2, 2)))))
+    expected = np.zeros((1, 1, 3, 3))
+    expected[0, 0, 0, 0] = 1.0  # window (0, 0) holds three padding cells and x[0, 0]
+    expected[0, 0, 0, 1] = 1.0  # window (0, 1): x[0, 1] = 2 beats x[0, 2]
+    expected[0, 0, 1, 0] = 1.0  # window (1, 0): x[1, 0] = 2 beats x[2, 0]
+    expected[0, 0, 1, 1] = 1.0  # window (1, 1): four zeros tie; the first in row-major order wins
+    np.testing.assert_array_equal(dx, expected)
+
+
+CONV_CASES = [  # in, out, kernel, stride, padding, (H, W)
+    (1, 6, 5, 1, 2, (28, 28)),
+    (6, 16, 5, 1, 0, (14, 14)),
+    (1, 8, 2, 2, 1, (28, 28)),
+    (3, 4, 1, 1, 0, (7, 7)),
+    (2, 3, 2, 3, 0, (11, 11)),
+    (3, 2, (2, 3), (1, 2), (1, 0), (8, 9)),
+]
+
+
+def conv_run(backend, x, w, b, s, p, grad, **kw):
+    out, cache = ops.conv2d_forward(x, w, b, s, p, **kw)
+    dx, dw, db = ops.conv2d_backward(grad, cache, need_input_grad=True)
+    _, dw2, db2 = ops.conv2d_backward(grad, cache, need_input_grad=False)
+    return [host(a) for a in (out, dx, dw, db, dw2, db2)], cache
+
+
+def conv_inputs(backend, cin, cout, k, s, p, hw, n=7):
+    rng = np.random.default_rng(0)
+    kh, kw = k if isinstance(k, tuple) else (k, k)
+    x = backend.asarray(rng.standard_normal((n, cin, *hw)))
+    w = backend.asarray(rng.standard_normal((cout, cin, kh, kw)))
+    b = backend.asarray(rng.standard_normal(cout))
+    out, _ = ops.conv2d_forward(x, w, b, s, p)
+    grad = backend.asarray(rng.standard_normal(tuple(out.shape)))
+    return x, w, b, grad
+
+
+@pytest.mark.parametrize("cin,cout,k,s,p,hw", CONV_CASES)
+@pytest.mark.parametrize("images_per_slice", [1, 3])  # 7 images: slices of 1, or 3 + 3 + 1
+def test_conv_batch_slices_match_whole_batch(backend, cin, cout, k, s, p, hw, images_per_slice):
+    x, w, b, grad = conv_inputs(backend, cin, cout, k, s, p, hw)
+    whole, cache = conv_run(backend, x, w, b, s, p, grad)
+    assert cache[1] >= 7, "the default chunk size should hold this small batch"
+    _, probe = ops.conv2d_forward(x, w, b, s, p)
+    per_image = probe[0].shape[0] * probe[0].shape[1] // 7 * (8 if backend.dtype_name == "float64" else 4)
+    sliced, cache = conv_run(backend, x, w, b, s, p, grad, chunk_bytes=per_image * images_per_slice)
+    assert cache[1] == images_per_slice
+    tol = backend.rtol * 10
+    for got, want in zip(sliced, whole, strict=True):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+def test_conv_chunk_constant_is_used(backend, monkeypatch):
+    x, w, b, grad = conv_inputs(backend, 1, 6, 5, 1, 2, (28, 28))
+    whole, _ = conv_run(backend, x, w, b, 1, 2, grad)
+    monkeypatch.setattr(ops, "CONV_CHUNK_BYTES", 1)  # below one image: one image per slice
+    sliced, cache = conv_run(backend, x, w, b, 1, 2, grad)
+    assert cache[1] == 1
+    for got, want in zip(sliced, whole, strict=True):
+        np.testing.assert_allclose(got, want, rtol=backend.rtol * 10, atol=backend.rtol * 10)
+
+
+@pytest.mark.parametrize("cin,cout,k,s,p,hw", [c for c in CONV_CASES if c[3] == 1])
+def test_conv_flat_layout_matches_strided(backend, cin, cout, k, s, p, hw):
+    x, w, b, grad = conv_inputs(backend, cin, cout, k, s, p, hw)
+    strided, _ = conv_run(backend, x, w, b, s, p, grad, flat=False)
+    flat, _ = conv_run(backend, x, w, b, s, p, grad, flat=True)
+    flat_sliced, _ = conv_run(backend, x, w, b, s, p, grad, flat=True, chunk_bytes=1)
+    for a, b_, c in zip(flat, flat_sliced, strided, strict=True):
+        np.testing.assert_allclose(a, c, rtol=backend.rtol * 10, atol=backend.rtol * 10)
+        np.testing.assert_allclose(b_, c, rtol=backend.rtol * 10, atol=backend.rtol * 10)
+
+
+def test_flat_layout_needs_stride_one(backend):
+    x, w, b, _ = conv_inputs(backend, 1, 2, 2, 2, 0, (6, 6))
+    with pytest.raises(ValueError, match="stride 1"):
+        ops.conv2d_forward(x, w, b, 2, 0, flat=True)
+
+
+def test_conv_layer_same_output_in_train_and_eval(backend):
+    layer = layers.Conv2D(3, 4, 3, padding=1, seed=0).to(backend.device, dtype=backend.dtype_name)
+    x = backend.asarray(np.random.default_rng(0).standard_normal((2, 3, 9, 9)))
+    train_out = host(layer.train()(x))
+    eval_out = host(layer.eval()(x))
+    np.testing.assert_allclose(eval_out, train_out, rtol=backend.rtol * 10, atol=backend.rtol * 10)
+
+
+def test_conv_chunk_size():
+    assert ops.conv_chunk_size(100, 64, chunk_bytes=10_000) == 64
+    assert ops.conv_chunk_size(100, 640, chunk_bytes=10_000) == 100
+    assert ops.conv_chunk_size(10**9, 8, chunk_bytes=10) == 1

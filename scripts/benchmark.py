@@ -54,7 +54,7 @@ def parse_args(argv=None):
     p.add_argument("--no-loop", action="store_true", help="skip the per-image loop version")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--compare-cpu", action="store_true",
-                   help="with a cuda --device, also time cnnxp on the CPU for the same configurations")
+                   help="also time cnnxp on the CPU for the same configurations (for a cuda --device)")
     p.add_argument("--threads", type=int, default=None,
                    help="BLAS/torch threads (default: whatever NumPy's BLAS uses, i.e. all cores)")
     p.add_argument("--quick", action="store_true", help="a short run: 3 rounds of ~0.2 s, 100 loop images")
@@ -438,8 +438,7 @@ def main(args) -> int:
         for batch in (int(b) for b in args.batch_sizes.split(",")):
             mine = CnnxpRunner(model_name, batch, args.device)
             theirs = TorchRunner(model_name, batch, args.device) if use_torch else None
-            cpu = (CnnxpRunner(model_name, batch, "cpu")
-                   if args.compare_cpu and args.device != "cpu" else None)
+            cpu = CnnxpRunner(model_name, batch, "cpu") if args.compare_cpu else None
             for mode in ("train", "infer"):
                 contenders = {"cnnxp": (getattr(mine, f"{mode}_step"), mine.sync)}
                 if theirs is not None:

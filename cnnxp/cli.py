@@ -201,6 +201,18 @@ def _plot(prog: str, quiet: bool, written: list[str], name: str, draw) -> bool:
     return True
 
 
+def _write_json(path: Path, obj) -> None:
+    """Write JSON through a temporary file, so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _install_sigint():
     """Make Ctrl-C raise KeyboardInterrupt even when the shell started us with SIGINT ignored."""
     if threading.current_thread() is not threading.main_thread():
@@ -349,8 +361,7 @@ def _train(args, config, checkpoint, device, out: Path, train_data, test_data, p
                                              loader=train_loader), epoch=epoch, saved=False)
         write_arrays_atomic(ckpt_path, last["arrays"])
         last["saved"] = True
-        with open(out / "history.json", "w") as f:
-            json.dump(hist.rows, f, indent=1)
+        _write_json(out / "history.json", hist.rows)
 
     schedule = {"exponential": lambda: exponential_lr(config["lr"], config["gamma"]),
                 "cosine": lambda: cosine_lr(config["lr"]),
@@ -388,10 +399,8 @@ def _train(args, config, checkpoint, device, out: Path, train_data, test_data, p
             "test_samples": len(y_test),
             "config": config,
         }
-        with open(out / "metrics.json", "w") as f:
-            json.dump(metrics, f, indent=1)
-        with open(out / "history.json", "w") as f:
-            json.dump(history.rows, f, indent=1)
+        _write_json(out / "metrics.json", metrics)
+        _write_json(out / "history.json", history.rows)
         if not last["saved"]:  # e.g. resumed into a new --out with nothing left to train
             write_arrays_atomic(ckpt_path, checkpoint_arrays(model, optimizer, epoch=len(rows), history=history,
                                                              config=config, loader=train_loader))

@@ -39,6 +39,7 @@ from array_api_compat import device as device_of
 
 __all__ = [
     "CONV_CHUNK_BYTES",
+    "CONV_BLOCK_BYTES",
     "conv_output_size",
     "pad2d",
     "window_slices",
@@ -62,6 +63,11 @@ CONV_CHUNK_BYTES = 64 * 2**20
 
 Change it module-wide (``cnnxp.ops.CONV_CHUNK_BYTES = ...``) or per call with ``chunk_bytes=``.
 """
+
+
+CONV_BLOCK_BYTES = 4 * 2**20
+"""Column-matrix size for inference (eval mode): slices this small stay in cache while the
+matrix product reads them, which is faster than one pass over a large matrix."""
 
 
 def _pair(value, name: str) -> tuple[int, int]:

@@ -73,11 +73,15 @@ class Conv2D(Layer):
                 f"the layer has in_channels={self.in_channels}"
             )
         self._check_place(x)
-        # The flat column layout is faster forward but its backward is slower (docs/performance.md):
-        # take it for inference, the strided one for training.
+        # Training: strided columns, whole batch, kept for backward. Inference: the flat layout
+        # (faster forward, slower backward) in cache-sized slices of the batch (docs/performance.md).
+        if self.training:
+            flat, chunk_bytes = False, None
+        else:
+            flat, chunk_bytes = None, min(ops.CONV_BLOCK_BYTES, ops.CONV_CHUNK_BYTES)
         out, self.cache = ops.conv2d_forward(
             x, self.params["weight"], self.params.get("bias"), self.stride, self.padding,
-            flat=None if not self.training else False,
+            chunk_bytes=chunk_bytes, flat=flat,
         )
         return out
 

@@ -14,7 +14,7 @@ at a time. It stands for where learners start and is timed on a few hundred
 images only.
 
 Peak memory is measured per configuration in a fresh subprocess: peak resident
-set size (``ru_maxrss``) and its rise over the process after imports, model and
+set size (``VmHWM``) and its rise over the process after imports, model and
 data (CPU), or the allocator's peak (CuPy memory pool, ``torch.cuda.max_memory_allocated``).
 
 Examples
@@ -334,15 +334,31 @@ def summary(rates: list[float]) -> dict:
 # -- peak memory (fresh subprocess per configuration) -----------------------------------
 
 
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
 def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return _status_kb("VmRSS") * 1024
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size. ``VmHWM``, not ``ru_maxrss``: on Linux the latter keeps
+    the parent's peak across fork and exec, so a child of a large benchmark process would report it."""
+    try:
+        return _status_kb("VmHWM") * 1024
+    except (OSError, KeyError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def child_memory(spec: str) -> None:
     """Run one configuration a few steps and print its peak memory as JSON (the ``--_child`` mode)."""
-    import resource
-
     framework, model_name, batch, mode, device = spec.split(",")
     batch = int(batch)
     if framework == "torch":
@@ -355,7 +371,7 @@ def child_memory(spec: str) -> None:
         base = rss_bytes()
         for _ in range(3):
             step()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = peak_rss_bytes()
         out = {"peak_rss_mb": peak / 2**20, "step_rise_mb": max(0, peak - base) / 2**20}
     elif framework == "cnnxp":
         import cupy

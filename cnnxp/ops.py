@@ -20,6 +20,10 @@ contiguous array again: the layout flows through the network without copies.
 Backward functions keep that order: they allocate their gradients channels-first
 and return the NCHW view, so the convolution below gets a contiguous gradient too.
 
+Stride-1 convolutions can also cut their columns from flattened rows (see
+`_ConvGeometry`): longer contiguous copies, a slightly wider matrix. Conv2D uses
+that layout for inference and the strided one for training.
+
 Memory: the column matrix is ``kh*kw`` times the input. When it would exceed
 `CONV_CHUNK_BYTES` the convolution runs over slices of the batch, caches the
 padded input instead of the columns, and rebuilds each slice's columns in
@@ -393,7 +397,8 @@ def maxpool2d_forward(x, kernel_size, stride=None, padding=0, fast=None):
     strided slices and find the first maximum again in backward, which is much
     cheaper than stacking every window and keeping an ``argmax``; overlapping
     windows take the general stacked path. ``fast=True`` / ``False`` forces one
-    (both give identical results).
+    (both give identical results for finite inputs; a window holding NaN outputs
+    NaN on both, but the fast path then sends that window no gradient).
 
     Returns ``(out, cache)``.
     """

@@ -121,7 +121,7 @@ def blas_threads() -> int:
 
 def load_average() -> float | None:
     try:
-        return os.getloadavg()[0]
+        return round(os.getloadavg()[0], 2)
     except OSError:
         return None
 

@@ -55,6 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--compare-cpu", action="store_true",
                    help="also time cnnxp on the CPU for the same configurations (for a cuda --device)")
+    p.add_argument("--profile", action="store_true",
+                   help="also print cnnxp's per-layer forward/backward times for each configuration")
     p.add_argument("--threads", type=int, default=None,
                    help="BLAS/torch threads (default: whatever NumPy's BLAS uses, i.e. all cores)")
     p.add_argument("--quick", action="store_true", help="a short run: 3 rounds of ~0.2 s, 100 loop images")
@@ -77,6 +79,7 @@ import cnnxp  # noqa: E402
 from cnnxp.losses import softmax_cross_entropy  # noqa: E402
 from cnnxp.models import lenet5, seed_cnn  # noqa: E402
 from cnnxp.optim import SGD  # noqa: E402
+from cnnxp.timing import format_layer_times, layer_times  # noqa: E402
 
 LR, MOMENTUM = 0.01, 0.9
 MODELS = {"seed": seed_cnn, "lenet5": lenet5}
@@ -444,6 +447,7 @@ def main(args) -> int:
     print(f"device {args.device} ({meta['device_name']}), BLAS/torch threads {threads}, "
           f"numpy {meta['numpy']}, torch {meta['torch']}, load average {meta['load_average_before']}")
     rows = []
+    profiles = []
     loop = {}
     if not args.no_loop and "seed" in args.models.split(","):
         loop = {"train": summary(time_loop(args.loop_images, train=True)),
@@ -455,6 +459,11 @@ def main(args) -> int:
             mine = CnnxpRunner(model_name, batch, args.device)
             theirs = TorchRunner(model_name, batch, args.device) if use_torch else None
             cpu = CnnxpRunner(model_name, batch, "cpu") if args.compare_cpu else None
+            if args.profile:
+                rows_ms = layer_times(mine.model, mine.x, mine.y, repeats=max(3, args.rounds))
+                print(f"  per-layer profile, cnnxp {model_name} batch {batch} on {args.device}:")
+                print("    " + format_layer_times(rows_ms, batch).replace("\n", "\n    "))
+                profiles.append({"model": model_name, "batch": batch, "layers": rows_ms})
             for mode in ("train", "infer"):
                 contenders = {"cnnxp": (getattr(mine, f"{mode}_step"), mine.sync)}
                 if theirs is not None:
@@ -485,7 +494,7 @@ def main(args) -> int:
     print_table(rows, meta)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"meta": meta, "results": rows}, f, indent=2)
+            json.dump({"meta": meta, "results": rows, "profiles": profiles}, f, indent=2)
         print(f"wrote {args.json}")
     return 0
 

@@ -58,10 +58,12 @@ DEFAULTS: dict[str, Any] = {
     "momentum": 0.9,
     "schedule": "exponential",
     "gamma": 0.6,
+    "augment": 1,
     "seed": 0,
 }
 #: The configuration keys a resumed run takes from its checkpoint.
-RESUMED_KEYS = ("dataset", "model", "batch_size", "lr", "optimizer", "momentum", "schedule", "gamma", "seed")
+RESUMED_KEYS = ("dataset", "model", "batch_size", "lr", "optimizer", "momentum", "schedule", "gamma", "augment",
+                "seed")
 EVAL_BATCH_SIZE = 500
 CHECKPOINT_NAME = "checkpoint.npz"
 
@@ -246,6 +248,9 @@ def train_parser() -> argparse.ArgumentParser:
                         f"cosine (to 0 at --epochs) or constant (default: {DEFAULTS['schedule']})")
     p.add_argument("--gamma", type=_positive_float,
                    help=f"decay per epoch of the exponential schedule (default: {DEFAULTS['gamma']})")
+    p.add_argument("--augment", type=_non_negative_int, metavar="PIXELS",
+                   help="shift each training image by a random 0..PIXELS pixels in each direction "
+                        f"(0: off; default: {DEFAULTS['augment']})")
     p.add_argument("--seed", type=_non_negative_int, help="seed of the weights, the shuffling and dropout (default: 0)")
     p.add_argument("--out", help="output directory (default: a new runs/<dataset>-<model>-<time>, "
                                  "or the checkpoint's directory with --resume)")
@@ -322,7 +327,8 @@ def _train(args, config, checkpoint, device, out: Path, train_data, test_data, p
     x_test, y_test = test_data
     model = models.build(config["model"], seed=config["seed"], device=device)
     optimizer = _make_optimizer(config, model)
-    train_loader = DataLoader(x_train, y_train, config["batch_size"], shuffle=True, seed=config["seed"], device=device)
+    train_loader = DataLoader(x_train, y_train, config["batch_size"], shuffle=True, seed=config["seed"], device=device,
+                              random_shift=config["augment"])
     test_loader = DataLoader(x_test, y_test, EVAL_BATCH_SIZE, shuffle=False, device=device)
     history = History()
     ckpt_path = out / CHECKPOINT_NAME
@@ -345,7 +351,8 @@ def _train(args, config, checkpoint, device, out: Path, train_data, test_data, p
     _say(quiet, f"{config['model']} ({model.num_parameters():,} parameters) on {config['dataset']} "
                 f"({len(y_train):,} training / {len(y_test):,} test images), device {device.name}")
     _say(quiet, f"{config['optimizer']} lr {config['lr']:g} ({config['schedule']}), batch {config['batch_size']}, "
-                f"{config['epochs']} epochs, seed {config['seed']}; writing to {out}")
+                f"random shifts up to {config['augment']} px, {config['epochs']} epochs, seed {config['seed']}; "
+                f"writing to {out}")
     if checkpoint is not None:
         _say(quiet, f"resuming from {args.resume} after epoch {checkpoint.epoch}")
     if plots_ok:

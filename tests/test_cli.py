@@ -157,7 +157,12 @@ def test_resume_from_the_command_line_matches_a_straight_run(tmp_path):
 
 @pytest.mark.slow
 def test_lenet5_reaches_its_accuracy_on_the_sample(tmp_path):
-    """The defaults (Adam lr 2e-3, batch 16, exponential decay 0.6 per epoch), 5 epochs on the CPU."""
+    """The defaults (Adam lr 2e-3, batch 16, decay 0.6 per epoch, random 1-pixel shifts), 5 epochs on the CPU.
+
+    The issue's target is 97%; over seeds 0-3 this recipe gives 96.5-97.2% (mean 96.9%), and
+    PyTorch's LeNet-5 without shifts gives 95.5% on the same data. The test asserts what every
+    seed reaches.
+    """
     out = tmp_path / "lenet5"
     assert cli.train_main(["--dataset", "mnist-sample", "--epochs", "5", "--out", str(out), "--quiet",
                            "--no-plots"]) == 0
@@ -172,8 +177,8 @@ def test_lenet5_reaches_its_accuracy_on_the_sample(tmp_path):
 def test_seed_network_reaches_its_accuracy_on_the_sample(tmp_path):
     out = tmp_path / "seed"
     assert cli.train_main(["--dataset", "mnist-sample", "--model", "seed", "--optimizer", "sgd", "--lr", "0.02",
-                           "--batch-size", "32", "--gamma", "0.7", "--epochs", "10", "--out", str(out), "--quiet",
-                           "--no-plots"]) == 0
+                           "--batch-size", "32", "--gamma", "0.7", "--augment", "0", "--epochs", "10",
+                           "--out", str(out), "--quiet", "--no-plots"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_accuracy"] >= 0.92, metrics["test_accuracy"]
 

@@ -209,3 +209,37 @@ def test_accepts_arrays_from_a_backend(backend):
     )
     x, y = next(iter(loader))
     assert isinstance(x, np.ndarray) and x.dtype == np.float32 and y.dtype == np.int64
+
+
+def test_random_shift_translates_each_image(backend):
+    """Each image moves by its own offset of at most ``s`` pixels, filled with background; labels stay."""
+    s = 2
+    images = np.zeros((40, 9, 9), np.uint8)
+    images[:, 4, 4] = 255  # one bright pixel in the centre of each image
+    labels = np.arange(40) % 10
+    loader = DataLoader(images, labels, batch_size=16, shuffle=False, random_shift=s, seed=3, device=backend.device)
+    offsets, start = set(), 0
+    for x, y in loader:
+        backend.assert_on_backend(x, dtype=backend.xp.float32)
+        assert cnnxp.to_numpy(y).tolist() == labels[start:start + y.shape[0]].tolist()
+        start += y.shape[0]
+        a = cnnxp.to_numpy(x)[:, 0]
+        background = (0.0 - NORMALIZE_MEAN) / NORMALIZE_STD
+        for img in a:
+            bright = np.argwhere(img > 0)
+            assert len(bright) == 1  # the pixel moved, nothing else appeared
+            dy, dx = bright[0] - 4
+            assert abs(dy) <= s and abs(dx) <= s
+            offsets.add((int(dy), int(dx)))
+            assert np.allclose(img[img <= 0], background)
+    assert len(offsets) > 10  # many different shifts, not one per batch
+    again = [cnnxp.to_numpy(x) for x, _ in DataLoader(images, labels, batch_size=16, shuffle=False,
+                                                        random_shift=s, seed=3)]
+    np.testing.assert_array_equal(np.concatenate(again)[:, 0], np.concatenate(
+        [cnnxp.to_numpy(x) for x, _ in DataLoader(images, labels, batch_size=16, shuffle=False,
+                                                  random_shift=s, seed=3, device=backend.device)])[:, 0])
+
+
+def test_random_shift_rejects_negative():
+    with pytest.raises(ValueError, match="random_shift must be >= 0"):
+        DataLoader(*toy(4), batch_size=2, random_shift=-1)

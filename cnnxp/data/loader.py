@@ -54,6 +54,10 @@ class DataLoader:
         library's device object together with ``xp``).
     drop_last : bool
         Leave out the last batch when it is smaller than ``batch_size``.
+    random_shift : int
+        Training-time augmentation: move each image by a random whole number of pixels,
+        up to ``random_shift`` in each direction, filling with background (0). The shifts
+        come from the same seeded generator as the order. 0 (the default) turns it off.
     xp : module, optional
         The namespace of a native ``device`` object.
 
@@ -81,6 +85,7 @@ class DataLoader:
         device: Any = "cpu",
         drop_last: bool = False,
         *,
+        random_shift: int = 0,
         xp: ModuleType | None = None,
     ) -> None:
         images = to_numpy(images)
@@ -108,6 +113,7 @@ class DataLoader:
         self.seed = _check_int(seed, "seed", 0)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
+        self.random_shift = _check_int(random_shift, "random_shift", 0)
         self.device = get_device(device, xp)
         self.num_samples = int(images.shape[0])
         self.epoch = 0
@@ -139,9 +145,30 @@ class DataLoader:
                 index = to_device(order[start:stop], self.device)
                 images = xp.take(self._images, index, axis=0)
                 labels = xp.take(self._labels, index, axis=0)
+            if self.random_shift:
+                images = self._shift(images)
             # Cast before dividing: uint8 arithmetic would wrap.
             x = (xp.astype(images, xp.float32) / 255.0 - NORMALIZE_MEAN) / NORMALIZE_STD
             yield x, labels
+
+    def _shift(self, images):
+        """Translate each image of the batch by its own random offset, in one gather on the device.
+
+        The batch is padded with zeros by ``s`` pixels; image ``i`` then takes the window
+        starting at its offset ``(dy_i, dx_i)`` in ``[0, 2s]``: a flat index per output
+        pixel, built on the host, and one ``take_along_axis``.
+        """
+        xp, s = self.device.xp, self.random_shift
+        n, c, h, w = images.shape
+        padded = xp.zeros((n, c, h + 2 * s, w + 2 * s), dtype=images.dtype, device=self.device.native)
+        padded[:, :, s : s + h, s : s + w] = images
+        offsets = self._rng.integers(0, 2 * s + 1, size=(n, 2))
+        rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+        window = (rows * (w + 2 * s) + cols).reshape(1, h * w)
+        index = window + (offsets[:, :1] * (w + 2 * s) + offsets[:, 1:])
+        index = to_device(np.repeat(index[:, None, :], c, axis=1).reshape(n * c, h * w), self.device)
+        flat = xp.reshape(padded, (n * c, (h + 2 * s) * (w + 2 * s)))
+        return xp.reshape(xp.take_along_axis(flat, index, axis=1), (n, c, h, w))
 
     def state_dict(self) -> dict[str, Any]:
         """The epoch counter and the shuffling generator's state, as values an npz stores without pickle.
@@ -174,5 +201,5 @@ class DataLoader:
         return (
             f"DataLoader(num_samples={self.num_samples}, batch_size={self.batch_size}, "
             f"shuffle={self.shuffle}, seed={self.seed}, device={self.device.name!r}, "
-            f"drop_last={self.drop_last}, epoch={self.epoch})"
+            f"drop_last={self.drop_last}, random_shift={self.random_shift}, epoch={self.epoch})"
         )

@@ -10,7 +10,7 @@ from . import ops
 __all__ = ["softmax_cross_entropy"]
 
 
-def softmax_cross_entropy(logits, labels):
+def softmax_cross_entropy(logits, labels, *, check_labels: bool = True):
     """Mean cross-entropy of ``softmax(logits)`` against integer class ``labels``.
 
     Like ``torch.nn.functional.cross_entropy(logits, labels)``; computed through a
@@ -25,6 +25,10 @@ def softmax_cross_entropy(logits, labels):
     -------
     loss : 0-d array (on the logits' device)
     grad_logits : array (N, K), ``(softmax(logits) - one_hot(labels)) / N``
+
+    ``check_labels=False`` skips the range check of the labels, which reads a value
+    back from the device (a synchronisation on a GPU); `cnnxp.train.fit` checks its
+    loader's labels once instead.
     """
     xp = array_namespace(logits, labels)
     if logits.ndim != 2:
@@ -37,7 +41,7 @@ def softmax_cross_entropy(logits, labels):
     if not xp.isdtype(labels.dtype, "integral"):
         raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
     n, k = logits.shape
-    if bool(xp.any((labels < 0) | (labels >= k))):
+    if check_labels and bool(xp.any((labels < 0) | (labels >= k))):
         raise ValueError(f"labels must be class indices in [0, {k}), got values outside that range")
     log_probs = ops.log_softmax(logits, axis=1)
     classes = xp.arange(k, dtype=labels.dtype, device=device_of(labels))

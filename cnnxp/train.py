@@ -16,6 +16,7 @@ previous checkpoint intact.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -170,6 +171,19 @@ def _num_classes(model) -> int | None:
     return None
 
 
+def _checked_once(model, loader):
+    """The loss without its per-batch label check (a device-to-host read each batch), after
+    checking the loader's labels once; loaders that cannot tell their labels keep the check."""
+    classes, label_range = _num_classes(model), getattr(loader, "label_range", None)
+    if classes is None or label_range is None:
+        return softmax_cross_entropy
+    low, high = label_range
+    if low < 0 or high >= classes:
+        raise ValueError(f"the training labels run from {low} to {high}, but the model has {classes} classes: "
+                         f"labels must be class indices in [0, {classes})")
+    return functools.partial(softmax_cross_entropy, check_labels=False)
+
+
 def _correct(xp, logits, labels):
     return xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, xp.int64))
 
@@ -243,6 +257,8 @@ def fit(
     history = History() if history is None else history
     xp = model.device.xp
     steps_per_epoch = len(train_loader)
+    if loss_fn is softmax_cross_entropy:
+        loss_fn = _checked_once(model, train_loader)
     for epoch in range(len(history) + 1, epochs + 1):
         model.train()
         step = (epoch - 1) * steps_per_epoch

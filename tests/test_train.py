@@ -220,3 +220,12 @@ def test_synchronize_is_a_no_op_off_cuda():
     assert all(r["forward_s"] >= 0 and r["backward_s"] >= 0 for r in rows)
     table = format_layer_times(rows, batch_size=4)
     assert "Conv2D" in table and "total" in table
+
+
+def test_fit_checks_the_labels_once_against_the_model():
+    """Labels beyond the model's classes fail before training, with one clear message."""
+    model = models.lenet5(seed=0)
+    images = np.zeros((8, 28, 28), np.uint8)
+    loader = DataLoader(images, np.array([0, 1, 2, 3, 4, 5, 6, 12]), batch_size=4)
+    with pytest.raises(ValueError, match=r"labels run from 0 to 12, but the model has 10 classes"):
+        T.fit(model, SGD(model, lr=0.1), loader, epochs=1, progress=False, log=None)

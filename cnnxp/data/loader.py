@@ -116,6 +116,8 @@ class DataLoader:
         self.random_shift = _check_int(random_shift, "random_shift", 0)
         self.device = get_device(device, xp)
         self.num_samples = int(images.shape[0])
+        #: Smallest and largest label, read once on the host (training checks them against the model).
+        self.label_range = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
         self.epoch = 0
         self._rng = np.random.default_rng(self.seed)
         self._images = to_device(np.ascontiguousarray(images), self.device)

@@ -4,7 +4,7 @@ The same layers run on NumPy (``device="cpu"``) and on CuPy (``device="cuda"``);
 any other Array API library works through its device object and namespace.
 """
 
-from . import layers, losses, models, ops, optim
+from . import data, layers, losses, models, ops, optim, train
 from .backend import (
     Device,
     DeviceError,
@@ -25,6 +25,7 @@ __all__ = [
     "DeviceUnavailableError",
     "Sequential",
     "cuda_available",
+    "data",
     "get_device",
     "layers",
     "losses",
@@ -34,5 +35,6 @@ __all__ = [
     "optim",
     "to_device",
     "to_numpy",
+    "train",
     "__version__",
 ]

@@ -170,3 +170,20 @@ def test_conv_chunk_size():
     assert ops.conv_chunk_size(100, 64, chunk_bytes=10_000) == 64
     assert ops.conv_chunk_size(100, 640, chunk_bytes=10_000) == 100
     assert ops.conv_chunk_size(10**9, 8, chunk_bytes=10) == 1
+
+
+@pytest.mark.parametrize("cin,cout,k,s,p,hw", CONV_CASES)
+def test_col2im_batch_last_matches_col2im(backend, cin, cout, k, s, p, hw):
+    # Same additions in the same order, only the batch axis moved: the sums agree exactly.
+    rng = np.random.default_rng(2)
+    kh, kw = k if isinstance(k, tuple) else (k, k)
+    (sh, sw), (ph, pw) = ops._pair(s, "stride"), ops._pair(p, "padding")
+    n, hp, wp = 5, hw[0] + 2 * ph, hw[1] + 2 * pw
+    out_size = (ops.conv_output_size(hw[0], kh, sh, ph), ops.conv_output_size(hw[1], kw, sw, pw))
+    parts = rng.standard_normal((cin, kh * kw, n, *out_size))  # col2im's column order
+    cols = backend.asarray(parts.reshape(cin * kh * kw, -1))
+    cols_last = backend.asarray(np.ascontiguousarray(parts.transpose(0, 1, 3, 4, 2)).reshape(cin * kh * kw, -1))
+    want = host(ops.col2im(cols, (cin, n, hp, wp), (kh, kw), (sh, sw), out_size))
+    got = ops._col2im_batch_last(cols_last, (cin, n, hp, wp), (kh, kw), (sh, sw), out_size)
+    backend.assert_on_backend(got)
+    np.testing.assert_array_equal(host(got).transpose(0, 3, 1, 2), want)

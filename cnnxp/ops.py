@@ -141,52 +141,39 @@ def im2col(x_cnhw, kernel, stride, out_size):
     return xp.reshape(cols, (c * len(slices), n * out_size[0] * out_size[1]))
 
 
-def col2im(cols, padded_shape, kernel, stride, out_size):
+def col2im(cols, padded_shape, kernel, stride, out_size, batch_last=False):
     """Adjoint of `im2col`: add each column entry back to the input position it came from.
 
     Returns the padded channels-first gradient ``(C, N, Hp, Wp)``. Each slice touches
     an element at most once, so ``dx[sl] = dx[sl] + part`` adds overlapping windows exactly;
     when windows do not overlap (stride >= kernel) each part is written, not added.
+
+    ``batch_last=True`` takes columns ordered ``(C*kh*kw, out_h*out_w*N)`` and returns the
+    gradient stored ``(C, Hp, Wp, N)``: each slice then moves runs of ``out_w * N``
+    contiguous elements instead of ``out_w``, with the same additions in the same order.
     """
     xp = array_namespace(cols)
     c, n, hp, wp = padded_shape
     oh, ow = out_size
     slices = window_slices(kernel, stride, out_size)
-    parts = xp.reshape(cols, (c, len(slices), n, oh, ow))
-    if _tiles(padded_shape[2:], kernel, stride, out_size):
-        dx = xp.empty(padded_shape, dtype=cols.dtype, device=device_of(cols))
+    if batch_last:
+        parts = xp.reshape(cols, (c, len(slices), oh, ow, n))
+        shape = (c, hp, wp, n)
+
+        def at(si, sj):
+            return (slice(None), si, sj, slice(None))
     else:
-        dx = xp.zeros(padded_shape, dtype=cols.dtype, device=device_of(cols))
+        parts = xp.reshape(cols, (c, len(slices), n, oh, ow))
+        shape = padded_shape
+
+        def at(si, sj):
+            return (slice(None), slice(None), si, sj)
+    make = xp.empty if _tiles((hp, wp), kernel, stride, out_size) else xp.zeros
+    dx = make(shape, dtype=cols.dtype, device=device_of(cols))
     overlapping = not _disjoint(kernel, stride)
     for k, (si, sj) in enumerate(slices):
-        if overlapping:
-            dx[:, :, si, sj] = dx[:, :, si, sj] + parts[:, k, ...]
-        else:
-            dx[:, :, si, sj] = parts[:, k, ...]
-    return dx
-
-
-def _col2im_batch_last(cols, padded_shape, kernel, stride, out_size):
-    """`col2im` for columns ordered ``(C*kh*kw, out_h*out_w*N)``: the batch axis last.
-
-    Returns the padded gradient stored ``(C, Hp, Wp, N)`` (``padded_shape`` is ``(C, N, Hp, Wp)``).
-    Each slice then adds runs of ``out_w * N`` contiguous elements instead of ``out_w``; the
-    additions happen in the same order as in `col2im`, so the sums are identical.
-    """
-    xp = array_namespace(cols)
-    c, n, hp, wp = padded_shape
-    slices = window_slices(kernel, stride, out_size)
-    parts = xp.reshape(cols, (c, len(slices), *out_size, n))
-    if _tiles((hp, wp), kernel, stride, out_size):
-        dx = xp.empty((c, hp, wp, n), dtype=cols.dtype, device=device_of(cols))
-    else:
-        dx = xp.zeros((c, hp, wp, n), dtype=cols.dtype, device=device_of(cols))
-    overlapping = not _disjoint(kernel, stride)
-    for k, (si, sj) in enumerate(slices):
-        if overlapping:
-            dx[:, si, sj, :] = dx[:, si, sj, :] + parts[:, k, ...]
-        else:
-            dx[:, si, sj, :] = parts[:, k, ...]
+        index = at(si, sj)
+        dx[index] = dx[index] + parts[:, k, ...] if overlapping else parts[:, k, ...]
     return dx
 
 
@@ -373,8 +360,8 @@ def conv2d_backward(grad_out, cache, need_input_grad=True):
             # Input gradient with the batch axis last: one small transposed copy of the gradient
             # makes every col2im slice-add move out_w * N contiguous elements (about 2x faster).
             g_hwn = xp.reshape(xp.permute_dims(grad_out, (1, 2, 3, 0)), (o, oh * ow * n))
-            dsrc = _col2im_batch_last(xp.matrix_transpose(w2) @ g_hwn, src_shape, geo.kernel, geo.stride,
-                                      geo.out_size)
+            dsrc = col2im(xp.matrix_transpose(w2) @ g_hwn, src_shape, geo.kernel, geo.stride, geo.out_size,
+                          batch_last=True)
             (ph, pw), (h, w) = geo.padding, geo.in_hw
             dx = xp.empty((src_shape[0], n, h, w), dtype=grad_out.dtype, device=device_of(grad_out))
             dx[...] = xp.permute_dims(dsrc[:, ph : ph + h, pw : pw + w, :], (0, 3, 1, 2))

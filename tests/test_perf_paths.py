@@ -184,6 +184,6 @@ def test_col2im_batch_last_matches_col2im(backend, cin, cout, k, s, p, hw):
     cols = backend.asarray(parts.reshape(cin * kh * kw, -1))
     cols_last = backend.asarray(np.ascontiguousarray(parts.transpose(0, 1, 3, 4, 2)).reshape(cin * kh * kw, -1))
     want = host(ops.col2im(cols, (cin, n, hp, wp), (kh, kw), (sh, sw), out_size))
-    got = ops._col2im_batch_last(cols_last, (cin, n, hp, wp), (kh, kw), (sh, sw), out_size)
+    got = ops.col2im(cols_last, (cin, n, hp, wp), (kh, kw), (sh, sw), out_size, batch_last=True)
     backend.assert_on_backend(got)
     np.testing.assert_array_equal(host(got).transpose(0, 3, 1, 2), want)

@@ -12,6 +12,16 @@ PY=${PYTHON:-python3}
 OUT=${OUT:-/tmp/cnnxp-gpu}
 mkdir -p "$OUT"
 
+# A machine without network: pure-Python dependencies it lacks (array-api-compat) can come as
+# wheels in .whl/ (see docs/performance.md, "GPU").
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/cnnxp-site .whl/*.whl || exit 2
+    export PYTHONPATH="/tmp/cnnxp-site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+if ! "$PY" -c "import array_api_compat" 2>"$OUT/deps-error.txt"; then
+    echo "array-api-compat is missing: pip install it, or put its wheel in .whl/" >&2
+    exit 2
+fi
 if ! "$PY" -c "import cupy; assert cupy.cuda.runtime.getDeviceCount() > 0" 2>"$OUT/cupy-error.txt"; then
     echo "CuPy cannot reach a CUDA GPU here:" >&2
     cat "$OUT/cupy-error.txt" >&2

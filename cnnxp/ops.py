@@ -356,17 +356,16 @@ def conv2d_backward(grad_out, cache, need_input_grad=True):
         grad_weight = xp.reshape(xp.matrix_transpose(kept @ xp.matrix_transpose(g)), weight.shape)
         if not need_input_grad:
             return None, grad_weight, grad_bias
-        if not geo.flat:
-            # Input gradient with the batch axis last: one small transposed copy of the gradient
-            # makes every col2im slice-add move out_w * N contiguous elements (about 2x faster).
-            g_hwn = xp.reshape(xp.permute_dims(grad_out, (1, 2, 3, 0)), (o, oh * ow * n))
-            dsrc = col2im(xp.matrix_transpose(w2) @ g_hwn, src_shape, geo.kernel, geo.stride, geo.out_size,
-                          batch_last=True)
-            (ph, pw), (h, w) = geo.padding, geo.in_hw
-            dx = xp.empty((src_shape[0], n, h, w), dtype=grad_out.dtype, device=device_of(grad_out))
-            dx[...] = xp.permute_dims(dsrc[:, ph : ph + h, pw : pw + w, :], (0, 3, 1, 2))
-            return xp.permute_dims(dx, (1, 0, 2, 3)), grad_weight, grad_bias
-        dsrc = geo.add_columns(xp, xp.matrix_transpose(w2) @ g, src_shape)
+        # Input gradient with the batch axis last: one small transposed copy of the gradient
+        # makes every col2im slice-add move out_w * N contiguous elements (about 2x faster).
+        # It needs only the weights and the gradient, whatever layout the forward columns had.
+        g_hwn = xp.reshape(xp.permute_dims(grad_out, (1, 2, 3, 0)), (o, oh * ow * n))
+        dsrc = col2im(xp.matrix_transpose(w2) @ g_hwn, (c, n, *geo.padded), geo.kernel, geo.stride,
+                      geo.out_size, batch_last=True)
+        (ph, pw), (h, w) = geo.padding, geo.in_hw
+        dx = xp.empty((c, n, h, w), dtype=grad_out.dtype, device=device_of(grad_out))
+        dx[...] = xp.permute_dims(dsrc[:, ph : ph + h, pw : pw + w, :], (0, 3, 1, 2))
+        return xp.permute_dims(dx, (1, 0, 2, 3)), grad_weight, grad_bias
     else:
         grad_weight = xp.zeros((o, c * kh * kw), dtype=grad_out.dtype, device=device_of(grad_out))
         dsrc = xp.empty(src_shape, dtype=grad_out.dtype, device=device_of(grad_out)) if need_input_grad else None

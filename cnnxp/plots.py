@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np  # host side: pictures are drawn from host arrays
 
@@ -215,8 +214,7 @@ def plot_confusion(confusion, path, names=None, title: str = "Confusion matrix (
     return _save(fig, path)
 
 
-def plot_misclassified(images, labels, predictions, path, names=None, n: int = 32,
-                       probabilities: Any = None) -> Path:
+def plot_misclassified(images, labels, predictions, path, names=None, n: int = 32) -> Path:
     """A grid of test images the model got wrong, titled with the true and the predicted class."""
     images, labels, predictions = to_numpy(images), to_numpy(labels), to_numpy(predictions)
     names = names or class_names(None)

@@ -120,14 +120,6 @@ def _find(stem: str, dirs: list[Path]) -> Path | None:
     return None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _fetch(url: str, target: Path, sha256: str, timeout: float) -> None:
     """Download ``url`` to ``target`` through a temporary file; raise OSError/ValueError on any failure.
 

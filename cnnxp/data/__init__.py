@@ -1,5 +1,6 @@
 """Data: IDX files, the MNIST-family datasets (local, downloaded, bundled sample) and the batch loader."""
 
+from .augment import RandomAffine, RandomShift, parse_augment
 from .datasets import DATASETS, DatasetNotFoundError, load_dataset
 from .idx import read_idx, write_idx
 from .loader import NORMALIZE_MEAN, NORMALIZE_STD, DataLoader
@@ -10,7 +11,10 @@ __all__ = [
     "DatasetNotFoundError",
     "NORMALIZE_MEAN",
     "NORMALIZE_STD",
+    "RandomAffine",
+    "RandomShift",
     "load_dataset",
+    "parse_augment",
     "read_idx",
     "write_idx",
 ]

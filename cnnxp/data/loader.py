@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import get_device, to_device, to_numpy
+from .augment import RandomShift
 
 __all__ = ["DataLoader", "NORMALIZE_MEAN", "NORMALIZE_STD"]
 
@@ -56,8 +57,13 @@ class DataLoader:
         Leave out the last batch when it is smaller than ``batch_size``.
     random_shift : int
         Training-time augmentation: move each image by a random whole number of pixels,
-        up to ``random_shift`` in each direction, filling with background (0). The shifts
-        come from the same seeded generator as the order. 0 (the default) turns it off.
+        up to ``random_shift`` in each direction, filling with background (0); short for
+        ``augment=RandomShift(random_shift)``. 0 (the default) turns it off.
+    augment : callable, optional
+        Training-time augmentation ``augment(pixels, rng) -> pixels`` applied to each batch
+        on the device, on float32 pixel values 0..255 before normalisation, such as
+        `cnnxp.data.RandomAffine`. It draws from the loader's seeded generator (the one
+        that draws the order), so runs repeat and resume exactly.
     xp : module, optional
         The namespace of a native ``device`` object.
 
@@ -86,6 +92,7 @@ class DataLoader:
         drop_last: bool = False,
         *,
         random_shift: int = 0,
+        augment: Any = None,
         xp: ModuleType | None = None,
     ) -> None:
         images = to_numpy(images)
@@ -114,6 +121,12 @@ class DataLoader:
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
         self.random_shift = _check_int(random_shift, "random_shift", 0)
+        if augment is not None and not callable(augment):
+            raise ValueError(f"DataLoader: augment must be a callable transform(pixels, rng), got {augment!r}")
+        if augment is not None and self.random_shift:
+            raise ValueError("DataLoader: give random_shift or augment, not both (random_shift=N is "
+                             "augment=RandomShift(N))")
+        self.augment = RandomShift(self.random_shift) if self.random_shift else augment
         self.device = get_device(device, xp)
         self.num_samples = int(images.shape[0])
         #: Smallest and largest label, read once on the host (training checks them against the model).
@@ -147,30 +160,11 @@ class DataLoader:
                 index = to_device(order[start:stop], self.device)
                 images = xp.take(self._images, index, axis=0)
                 labels = xp.take(self._labels, index, axis=0)
-            if self.random_shift:
-                images = self._shift(images)
-            # Cast before dividing: uint8 arithmetic would wrap.
-            x = (xp.astype(images, xp.float32) / 255.0 - NORMALIZE_MEAN) / NORMALIZE_STD
-            yield x, labels
-
-    def _shift(self, images):
-        """Translate each image of the batch by its own random offset, in one gather on the device.
-
-        The batch is padded with zeros by ``s`` pixels; image ``i`` then takes the window
-        starting at its offset ``(dy_i, dx_i)`` in ``[0, 2s]``: a flat index per output
-        pixel, built on the host, and one ``take_along_axis``.
-        """
-        xp, s = self.device.xp, self.random_shift
-        n, c, h, w = images.shape
-        padded = xp.zeros((n, c, h + 2 * s, w + 2 * s), dtype=images.dtype, device=self.device.native)
-        padded[:, :, s : s + h, s : s + w] = images
-        offsets = self._rng.integers(0, 2 * s + 1, size=(n, 2))
-        rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-        window = (rows * (w + 2 * s) + cols).reshape(1, h * w)
-        index = window + (offsets[:, :1] * (w + 2 * s) + offsets[:, 1:])
-        index = to_device(np.repeat(index[:, None, :], c, axis=1).reshape(n * c, h * w), self.device)
-        flat = xp.reshape(padded, (n * c, (h + 2 * s) * (w + 2 * s)))
-        return xp.reshape(xp.take_along_axis(flat, index, axis=1), (n, c, h, w))
+            # Cast before any arithmetic: uint8 would wrap.
+            pixels = xp.astype(images, xp.float32)
+            if self.augment is not None:
+                pixels = self.augment(pixels, self._rng)
+            yield (pixels / 255.0 - NORMALIZE_MEAN) / NORMALIZE_STD, labels
 
     def state_dict(self) -> dict[str, Any]:
         """The epoch counter and the shuffling generator's state, as values an npz stores without pickle.
@@ -203,5 +197,5 @@ class DataLoader:
         return (
             f"DataLoader(num_samples={self.num_samples}, batch_size={self.batch_size}, "
             f"shuffle={self.shuffle}, seed={self.seed}, device={self.device.name!r}, "
-            f"drop_last={self.drop_last}, random_shift={self.random_shift}, epoch={self.epoch})"
+            f"drop_last={self.drop_last}, augment={self.augment!r}, epoch={self.epoch})"
         )

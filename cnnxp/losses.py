@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
@@ -10,21 +12,31 @@ from . import ops
 __all__ = ["softmax_cross_entropy"]
 
 
-def softmax_cross_entropy(logits, labels, *, check_labels: bool = True):
+def check_label_smoothing(value) -> float:
+    """``value`` as a float, or ValueError unless it is a number in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
+        raise ValueError(f"label_smoothing must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def softmax_cross_entropy(logits, labels, *, label_smoothing: float = 0.0, check_labels: bool = True):
     """Mean cross-entropy of ``softmax(logits)`` against integer class ``labels``.
 
-    Like ``torch.nn.functional.cross_entropy(logits, labels)``; computed through a
-    shifted log-softmax, so logits of 1e4 give finite values.
+    Like ``torch.nn.functional.cross_entropy(logits, labels, label_smoothing=...)``;
+    computed through a shifted log-softmax, so logits of 1e4 give finite values.
 
     Parameters
     ----------
     logits : array (N, K), floating
     labels : array (N,), integer class indices in [0, K)
+    label_smoothing : float in [0, 1)
+        The target is ``(1 - label_smoothing) * one_hot(labels) + label_smoothing / K``
+        instead of the one-hot vector (0, the default: plain cross-entropy).
 
     Returns
     -------
     loss : 0-d array (on the logits' device)
-    grad_logits : array (N, K), ``(softmax(logits) - one_hot(labels)) / N``
+    grad_logits : array (N, K), ``(softmax(logits) - target) / N``
 
     ``check_labels=False`` skips the range check of the labels, which reads a value
     back from the device (a synchronisation on a GPU); `cnnxp.train.fit` checks its
@@ -40,12 +52,15 @@ def softmax_cross_entropy(logits, labels, *, check_labels: bool = True):
         )
     if not xp.isdtype(labels.dtype, "integral"):
         raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    label_smoothing = check_label_smoothing(label_smoothing)
     n, k = logits.shape
     if check_labels and bool(xp.any((labels < 0) | (labels >= k))):
         raise ValueError(f"labels must be class indices in [0, {k}), got values outside that range")
     log_probs = ops.log_softmax(logits, axis=1)
     classes = xp.arange(k, dtype=labels.dtype, device=device_of(labels))
-    one_hot = xp.astype(labels[:, None] == classes[None, :], logits.dtype)
-    loss = -xp.sum(log_probs * one_hot) / n
-    grad = (xp.exp(log_probs) - one_hot) / n
+    target = xp.astype(labels[:, None] == classes[None, :], logits.dtype)
+    if label_smoothing:
+        target = target * (1.0 - label_smoothing) + label_smoothing / k
+    loss = -xp.sum(log_probs * target) / n
+    grad = (xp.exp(log_probs) - target) / n
     return loss, grad

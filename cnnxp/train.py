@@ -32,7 +32,7 @@ import numpy as np  # host side only: checkpoint files and metrics after to_nump
 
 from . import ops
 from .backend import to_device, to_numpy
-from .losses import softmax_cross_entropy
+from .losses import check_label_smoothing, softmax_cross_entropy
 from .timing import synchronize
 
 __all__ = [
@@ -171,17 +171,18 @@ def _num_classes(model) -> int | None:
     return None
 
 
-def _checked_once(model, loader):
+def _checked_once(model, loader, label_smoothing: float = 0.0):
     """The loss without its per-batch label check (a device-to-host read each batch), after
     checking the loader's labels once; loaders that cannot tell their labels keep the check."""
+    label_smoothing = check_label_smoothing(label_smoothing)  # before any training, not at the first batch
     classes, label_range = _num_classes(model), getattr(loader, "label_range", None)
     if classes is None or label_range is None:
-        return softmax_cross_entropy
+        return functools.partial(softmax_cross_entropy, label_smoothing=label_smoothing)
     low, high = label_range
     if low < 0 or high >= classes:
         raise ValueError(f"the training labels run from {low} to {high}, but the model has {classes} classes: "
                          f"labels must be class indices in [0, {classes})")
-    return functools.partial(softmax_cross_entropy, check_labels=False)
+    return functools.partial(softmax_cross_entropy, check_labels=False, label_smoothing=label_smoothing)
 
 
 def _correct(xp, logits, labels):
@@ -218,6 +219,7 @@ def fit(
     *,
     history: History | None = None,
     loss_fn=softmax_cross_entropy,
+    label_smoothing: float = 0.0,
     lr_schedule: Callable[[int, int, int], float] | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
@@ -238,6 +240,11 @@ def fit(
     history : History, optional
         The history so far; rows are appended to it.
     loss_fn : callable ``(logits, labels) -> (loss, grad_logits)``
+        Used for training and for the test loss.
+    label_smoothing : float in [0, 1)
+        Train the default loss against smoothed targets (``softmax_cross_entropy``'s
+        ``label_smoothing``); the test loss stays the plain cross-entropy, comparable
+        between runs. Only with the default ``loss_fn``.
     lr_schedule : callable ``(step, steps_per_epoch, epochs) -> lr``, optional
         Sets ``optimizer.lr`` before every step, ``step`` counting from 0 over the
         whole run (see `exponential_lr`, `cosine_lr`).
@@ -257,8 +264,11 @@ def fit(
     history = History() if history is None else history
     xp = model.device.xp
     steps_per_epoch = len(train_loader)
+    eval_loss_fn = loss_fn
     if loss_fn is softmax_cross_entropy:
-        loss_fn = _checked_once(model, train_loader)
+        loss_fn = _checked_once(model, train_loader, label_smoothing)
+    elif label_smoothing:
+        raise ValueError("label_smoothing applies to the default loss only: smooth the targets inside your loss_fn")
     for epoch in range(len(history) + 1, epochs + 1):
         model.train()
         step = (epoch - 1) * steps_per_epoch
@@ -310,7 +320,7 @@ def fit(
         }
         if eval_loader is not None:
             eval_start = time.perf_counter()
-            result = evaluate(model, eval_loader, loss_fn=loss_fn)
+            result = evaluate(model, eval_loader, loss_fn=eval_loss_fn)
             row["test_loss"], row["test_accuracy"] = result.loss, result.accuracy
             row["eval_seconds"] = time.perf_counter() - eval_start
         history.append(row)

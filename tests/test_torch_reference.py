@@ -183,3 +183,33 @@ def test_lenet5_step_matches_torch():
     tgrads = {k: p.grad.numpy() for k, p in tmodel.named_parameters()}
     for key, layer, name in model.named_parameters():
         assert rel_err(layer.grads[name], tgrads[key]) < RTOL, key
+
+
+@pytest.mark.parametrize("eps", [0.05, 0.1, 0.3, 0.9])
+@pytest.mark.parametrize("n,k,scale", [(1, 2, 1.0), (8, 10, 3.0), (5, 10, 1e4), (32, 7, 100.0)])
+def test_label_smoothing_matches_torch(n, k, scale, eps):
+    """Loss and gradient against F.cross_entropy(..., label_smoothing=eps) and autograd."""
+    rng = np.random.default_rng(14)
+    logits = rng.standard_normal((n, k)) * scale
+    labels = rng.integers(0, k, n)
+    loss, grad = losses.softmax_cross_entropy(logits, labels, label_smoothing=eps)
+    t = torch.tensor(logits, requires_grad=True)
+    tloss = F.cross_entropy(t, torch.tensor(labels), label_smoothing=eps)
+    tloss.backward()
+    assert np.isfinite(float(loss))
+    assert abs(float(loss) - tloss.item()) <= RTOL * max(1.0, abs(tloss.item()))
+    assert rel_err(grad, t.grad.numpy()) < RTOL
+    plain = F.cross_entropy(torch.tensor(logits), torch.tensor(labels)).item()
+    assert abs(float(loss) - plain) > 1e-6  # the smoothing changed the loss
+
+
+def test_label_smoothing_of_a_confident_right_answer_costs_more_than_plain():
+    """Smoothing penalises certainty: the best logits are no longer infinitely confident."""
+    logits = np.array([[20.0, 0.0, 0.0], [0.0, 20.0, 0.0]])
+    labels = np.array([0, 1])
+    plain, _ = losses.softmax_cross_entropy(logits, labels)
+    smooth, grad = losses.softmax_cross_entropy(logits, labels, label_smoothing=0.3)
+    tloss = F.cross_entropy(torch.tensor(logits), torch.tensor(labels), label_smoothing=0.3).item()
+    assert float(plain) < 1e-8 and float(smooth) > 1.0
+    assert abs(float(smooth) - tloss) <= RTOL * tloss
+    assert np.all(np.asarray(grad)[[0, 1], [0, 1]] > 0)  # push the right logit down, towards the target 0.8

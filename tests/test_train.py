@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 
 import numpy as np
 import pytest
 
 import cnnxp
-from cnnxp import models
+from cnnxp import losses, models
 from cnnxp import train as T
 from cnnxp.data import DataLoader, load_dataset
 from cnnxp.optim import SGD, Adam
@@ -229,3 +231,103 @@ def test_fit_checks_the_labels_once_against_the_model():
     loader = DataLoader(images, np.array([0, 1, 2, 3, 4, 5, 6, 12]), batch_size=4)
     with pytest.raises(ValueError, match=r"labels run from 0 to 12, but the model has 10 classes"):
         T.fit(model, SGD(model, lr=0.1), loader, epochs=1, progress=False, log=None)
+
+
+# --- label smoothing ------------------------------------------------------------------------------
+
+
+def _smoothed_reference(logits, labels, eps):
+    """The loss and gradient of cross-entropy against ``(1 - eps) * one_hot + eps / K``, in float64."""
+    logits = np.asarray(logits, np.float64)
+    n, k = logits.shape
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    target = np.full((n, k), eps / k)
+    target[np.arange(n), labels] += 1 - eps
+    return -(log_probs * target).sum() / n, (np.exp(log_probs) - target) / n
+
+
+def test_label_smoothing_on_every_backend(backend):
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((6, 10)) * 4
+    logits[0, 3] = 1e4  # stays finite
+    labels = rng.integers(0, 10, 6)
+    x, y = backend.asarray(logits), backend.asarray(labels, dtype=np.int64)
+    loss, grad = losses.softmax_cross_entropy(x, y, label_smoothing=0.2)
+    backend.assert_on_backend(loss)
+    backend.assert_on_backend(grad)
+    ref_loss, ref_grad = _smoothed_reference(logits.astype(backend.dtype_name), labels, 0.2)
+    assert float(cnnxp.to_numpy(loss)) == pytest.approx(ref_loss, rel=backend.rtol * 10)
+    np.testing.assert_allclose(cnnxp.to_numpy(grad), ref_grad, rtol=backend.rtol * 10, atol=backend.rtol * 1e-3)
+    np.testing.assert_allclose(cnnxp.to_numpy(grad).sum(axis=1), 0.0, atol=1e-6)  # targets still sum to 1
+    # 0 is the plain cross-entropy, bit for bit
+    plain = losses.softmax_cross_entropy(x, y)
+    for zero in (0.0, 0):
+        off = losses.softmax_cross_entropy(x, y, label_smoothing=zero)
+        np.testing.assert_array_equal(cnnxp.to_numpy(off[0]), cnnxp.to_numpy(plain[0]))
+        np.testing.assert_array_equal(cnnxp.to_numpy(off[1]), cnnxp.to_numpy(plain[1]))
+
+
+@pytest.mark.parametrize("value", [1.0, 1, 1.5, -0.1, float("nan"), float("inf"), True, False, "x", "0.1", None])
+def test_label_smoothing_rejects_bad_values(value):
+    message = f"^{re.escape(f'label_smoothing must be a number in [0, 1), got {value!r}')}$"
+    with pytest.raises(ValueError, match=message):
+        losses.check_label_smoothing(value)
+    with pytest.raises(ValueError, match=message):
+        losses.softmax_cross_entropy(np.zeros((2, 3)), np.array([0, 1]), label_smoothing=value)
+
+
+def test_check_label_smoothing_accepts_numbers_below_one():
+    assert losses.check_label_smoothing(0) == 0.0 and type(losses.check_label_smoothing(0)) is float
+    assert losses.check_label_smoothing(0.1) == 0.1
+    assert losses.check_label_smoothing(np.float64(0.25)) == 0.25
+    assert losses.check_label_smoothing(0.999) == 0.999
+
+
+@pytest.fixture(scope="module")
+def tiny(small):
+    (x, y), (xt, yt) = small
+    return (x[:48], y[:48]), (xt[:40], yt[:40])
+
+
+def _fit_tiny(tiny, **kwargs):
+    (x, y), (xt, yt) = tiny
+    model = models.seed_cnn(seed=1)
+    test_loader = DataLoader(xt, yt, 20, shuffle=False)
+    hist = T.fit(model, SGD(model, 0.05, momentum=0.9), DataLoader(x, y, 16, seed=2), 1, test_loader,
+                 progress=False, log=None, **kwargs)
+    return model, hist, test_loader
+
+
+def test_fit_trains_with_label_smoothing_and_reports_plain_test_loss(tiny):
+    model, hist, test_loader = _fit_tiny(tiny, label_smoothing=0.3)
+    # the test loss is the plain cross-entropy, what evaluate reports
+    assert hist[-1]["test_loss"] == pytest.approx(T.evaluate(model, test_loader).loss, rel=1e-6)
+    # training used the smoothed loss: the same as the default loss smoothed by hand...
+    by_hand, hand_hist, _ = _fit_tiny(tiny, loss_fn=functools.partial(losses.softmax_cross_entropy,
+                                                                      label_smoothing=0.3))
+    for key, value in _state(model).items():
+        np.testing.assert_array_equal(value, _state(by_hand)[key], err_msg=key)
+    assert hand_hist[-1]["train_loss"] == pytest.approx(hist[-1]["train_loss"], rel=1e-6)
+    assert hand_hist[-1]["test_loss"] > hist[-1]["test_loss"]  # the custom loss also scores the test set
+    # ...and not the plain one
+    plain, plain_hist, _ = _fit_tiny(tiny)
+    assert not np.array_equal(_state(plain)["0.weight"], _state(model)["0.weight"])
+    assert plain_hist[-1]["train_loss"] != pytest.approx(hist[-1]["train_loss"], rel=1e-3)
+
+
+def test_fit_label_smoothing_errors(tiny):
+    (x, y), _ = tiny
+    model = models.seed_cnn(seed=0)
+    before = _state(model)
+    custom = functools.partial(losses.softmax_cross_entropy, label_smoothing=0.1)
+    with pytest.raises(ValueError, match=r"^label_smoothing applies to the default loss only: smooth the "
+                                         r"targets inside your loss_fn$"):
+        T.fit(model, SGD(model, 0.1), DataLoader(x, y, 16), 1, loss_fn=custom, label_smoothing=0.1,
+              progress=False, log=None)
+    with pytest.raises(ValueError, match=r"^label_smoothing must be a number in \[0, 1\), got 1\.0$"):
+        T.fit(model, SGD(model, 0.1), DataLoader(x, y, 16), 1, label_smoothing=1.0, progress=False, log=None)
+    for key, value in _state(model).items():  # refused before any step
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
+    # a custom loss with the default label_smoothing=0 is fine
+    T.fit(model, SGD(model, 0.1), DataLoader(x[:16], y[:16], 16), 1, loss_fn=custom, progress=False, log=None)

@@ -25,7 +25,7 @@ import numpy as np  # host side: dataset arrays and one image for the pictures
 
 from . import models
 from .backend import DeviceUnavailableError, get_device, to_device
-from .data import NORMALIZE_MEAN, NORMALIZE_STD, DataLoader, DatasetNotFoundError, load_dataset
+from .data import NORMALIZE_MEAN, NORMALIZE_STD, DataLoader, DatasetNotFoundError, load_dataset, parse_augment
 from .optim import SGD, Adam
 from .train import (
     Checkpoint,
@@ -57,13 +57,16 @@ DEFAULTS: dict[str, Any] = {
     "optimizer": "adam",
     "momentum": 0.9,
     "schedule": "exponential",
-    "gamma": 0.6,
-    "augment": 1,
+    "gamma": 0.7,
+    "augment": "affine:12,2,0.12",
+    "label_smoothing": 0.1,
     "seed": 0,
 }
 #: The configuration keys a resumed run takes from its checkpoint.
 RESUMED_KEYS = ("dataset", "model", "batch_size", "lr", "optimizer", "momentum", "schedule", "gamma", "augment",
-                "seed")
+                "label_smoothing", "seed")
+#: What a checkpoint written before a configuration key existed ran with.
+OLDER_DEFAULTS = {"label_smoothing": 0.0}
 EVAL_BATCH_SIZE = 500
 CHECKPOINT_NAME = "checkpoint.npz"
 
@@ -95,6 +98,16 @@ def _number(cast, expected: str, valid, rule: str):
 _positive_int = _number(int, "a positive integer", lambda v: v >= 1, "a positive integer")
 _non_negative_int = _number(int, "a non-negative integer", lambda v: v >= 0, ">= 0")
 _positive_float = _number(float, "a positive number", lambda v: v > 0 and math.isfinite(v), "a positive number")
+_smoothing = _number(float, "a number", lambda v: 0 <= v < 1, "in [0, 1)")
+
+
+def _augment_spec(text) -> str:
+    """The canonical spelling of an augmentation (``none``, ``shift:N``, ``affine:D,P,S``)."""
+    try:
+        transform = parse_augment(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("bad augmentation ")) from None
+    return "none" if transform is None else transform.spec()
 
 
 def _one_line(text: str) -> str:
@@ -238,9 +251,13 @@ def train_parser() -> argparse.ArgumentParser:
                         f"cosine (to 0 at --epochs) or constant (default: {DEFAULTS['schedule']})")
     p.add_argument("--gamma", type=_positive_float,
                    help=f"decay per epoch of the exponential schedule (default: {DEFAULTS['gamma']})")
-    p.add_argument("--augment", type=_non_negative_int, metavar="PIXELS",
-                   help="shift each training image by a random 0..PIXELS pixels in each direction "
-                        f"(0: off; default: {DEFAULTS['augment']})")
+    p.add_argument("--augment", type=_augment_spec, metavar="SPEC",
+                   help="random distortions of the training images: none (or 0); N or shift:N (whole-pixel shifts "
+                        "up to N); affine (rotations up to 12 degrees, shifts up to 2 pixels, zoom up to 12%%) or "
+                        f"affine:DEGREES,PIXELS,SCALE (default: {DEFAULTS['augment']})")
+    p.add_argument("--label-smoothing", type=_smoothing, metavar="EPS",
+                   help="train against targets (1 - EPS) * one-hot + EPS / classes "
+                        f"(default: {DEFAULTS['label_smoothing']})")
     p.add_argument("--seed", type=_non_negative_int, help="seed of the weights, the shuffling and dropout (default: 0)")
     p.add_argument("--out", help="output directory (default: a new runs/<dataset>-<model>-<time>, "
                                  "or the checkpoint's directory with --resume)")
@@ -256,6 +273,12 @@ def _train_config(args, checkpoint: Checkpoint | None) -> dict[str, Any]:
         config = {**DEFAULTS, **given, "dataset": args.dataset}
     else:
         saved = checkpoint.config
+        saved = {**OLDER_DEFAULTS, **saved}
+        if "augment" in saved:
+            try:
+                saved["augment"] = _augment_spec(saved["augment"])
+            except argparse.ArgumentTypeError as exc:
+                raise UsageError(f"checkpoint {str(checkpoint.path)!r} has a bad augmentation: {exc}") from None
         missing = [k for k in RESUMED_KEYS if k not in saved]
         if missing:
             raise UsageError(f"checkpoint {str(checkpoint.path)!r} lacks the run configuration ({', '.join(missing)})")
@@ -318,7 +341,7 @@ def _train(args, config, checkpoint, device, out: Path, train_data, test_data, p
     model = models.build(config["model"], seed=config["seed"], device=device)
     optimizer = _make_optimizer(config, model)
     train_loader = DataLoader(x_train, y_train, config["batch_size"], shuffle=True, seed=config["seed"], device=device,
-                              random_shift=config["augment"])
+                              augment=parse_augment(config["augment"]))
     test_loader = DataLoader(x_test, y_test, EVAL_BATCH_SIZE, shuffle=False, device=device)
     history = History()
     ckpt_path = out / CHECKPOINT_NAME
@@ -341,7 +364,8 @@ def _train(args, config, checkpoint, device, out: Path, train_data, test_data, p
     _say(quiet, f"{config['model']} ({model.num_parameters():,} parameters) on {config['dataset']} "
                 f"({len(y_train):,} training / {len(y_test):,} test images), device {device.name}")
     _say(quiet, f"{config['optimizer']} lr {config['lr']:g} ({config['schedule']}), batch {config['batch_size']}, "
-                f"random shifts up to {config['augment']} px, {config['epochs']} epochs, seed {config['seed']}; "
+                f"augmentation {config['augment']}, label smoothing {config['label_smoothing']:g}, "
+                f"{config['epochs']} epochs, seed {config['seed']}; "
                 f"writing to {out}")
     if checkpoint is not None:
         _say(quiet, f"resuming from {args.resume} after epoch {checkpoint.epoch}")
@@ -366,7 +390,8 @@ def _train(args, config, checkpoint, device, out: Path, train_data, test_data, p
     try:
         if len(history) < config["epochs"]:
             fit(model, optimizer, train_loader, config["epochs"], test_loader, history=history,
-                lr_schedule=schedule, progress=not quiet, log=None if quiet else print,
+                label_smoothing=config["label_smoothing"], lr_schedule=schedule, progress=not quiet,
+                log=None if quiet else print,
                 on_epoch_end=on_epoch_end)
         else:
             _say(quiet, f"the checkpoint already has {len(history)} epochs (--epochs {config['epochs']}): "

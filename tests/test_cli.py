@@ -157,11 +157,8 @@ def test_resume_from_the_command_line_matches_a_straight_run(tmp_path):
 
 @pytest.mark.slow
 def test_lenet5_reaches_its_accuracy_on_the_sample(tmp_path):
-    """The defaults (Adam lr 2e-3, batch 16, decay 0.6 per epoch, random 1-pixel shifts), 5 epochs on the CPU.
-
-    The issue's target is 97%; over seeds 0-3 this recipe gives 96.5-97.2% (mean 96.9%), and
-    PyTorch's LeNet-5 without shifts gives 95.5% on the same data. The test asserts what every
-    seed reaches.
+    """The defaults (Adam lr 2e-3 decayed 0.7 per epoch, batch 16, random affine distortions, label
+    smoothing 0.1), 5 epochs on the CPU: 97.8% with seed 0 (96.9-97.9% over seeds 0-7, docs/training.md).
     """
     out = tmp_path / "lenet5"
     assert cli.train_main(["--dataset", "mnist-sample", "--epochs", "5", "--out", str(out), "--quiet",
@@ -170,14 +167,15 @@ def test_lenet5_reaches_its_accuracy_on_the_sample(tmp_path):
     assert {"dataset", "model", "device", "epochs", "test_accuracy", "test_loss", "train_seconds",
             "images_per_second"} <= set(metrics)
     assert metrics["model"] == "lenet5" and metrics["epochs"] == 5 and metrics["device"] == "cpu"
-    assert metrics["test_accuracy"] >= 0.96, metrics["test_accuracy"]
+    assert metrics["test_accuracy"] >= 0.97, metrics["test_accuracy"]
 
 
 @pytest.mark.slow
 def test_seed_network_reaches_its_accuracy_on_the_sample(tmp_path):
     out = tmp_path / "seed"
     assert cli.train_main(["--dataset", "mnist-sample", "--model", "seed", "--optimizer", "sgd", "--lr", "0.02",
-                           "--batch-size", "32", "--gamma", "0.7", "--augment", "0", "--epochs", "10",
+                           "--batch-size", "32", "--gamma", "0.7", "--augment", "0", "--label-smoothing", "0",
+                           "--epochs", "10",
                            "--out", str(out), "--quiet", "--no-plots"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_accuracy"] >= 0.92, metrics["test_accuracy"]
@@ -198,3 +196,98 @@ def test_evaluate_and_inspect_read_a_checkpoint(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "forward ms" in proc.stdout and "Conv2D" in proc.stdout
     assert (out / "feature_maps_3.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(("args", "flag"), [
+    (["--augment", "bogus"], "--augment"),
+    (["--augment", "affine:1,2"], "--augment"),
+    (["--augment", "affine:200,1,0.1"], "--augment"),
+    (["--augment", "-1"], "--augment"),
+    (["--label-smoothing", "1"], "--label-smoothing"),
+    (["--label-smoothing", "-0.1"], "--label-smoothing"),
+    (["--label-smoothing", "nan"], "--label-smoothing"),
+    (["--label-smoothing", "much"], "--label-smoothing"),
+])  # fmt: skip
+def test_bad_augment_and_label_smoothing(tmp_path, monkeypatch, capsys, args, flag):
+    monkeypatch.chdir(tmp_path)
+    status = cli.train_main(["--dataset", "mnist-sample", "--model", "seed", "--quiet", "--no-plots", *args])
+    captured = capsys.readouterr()
+    assert status == 2
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith(f"train.py: error: argument {flag}: "), lines[0]
+    assert args[1] in lines[0] and "Traceback" not in captured.err
+    assert captured.out == "" and list(tmp_path.iterdir()) == []
+
+
+def test_augment_messages_name_the_accepted_forms(capsys):
+    assert cli.train_main(["--augment", "bogus"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "train.py: error: argument --augment: 'bogus': expected none, N or shift:N (whole-pixel shifts), "
+        "affine or affine:DEGREES,PIXELS,SCALE")
+    assert cli.train_main(["--label-smoothing", "1"]) == 2
+    assert capsys.readouterr().err.strip() == "train.py: error: argument --label-smoothing: must be in [0, 1), got 1"
+
+
+@pytest.mark.parametrize(("text", "spec"), [
+    ("none", "none"), ("0", "none"), ("shift:0", "none"), ("1", "shift:1"), ("shift:3", "shift:3"),
+    ("affine", "affine:12,2,0.12"), ("AFFINE:10,1.50,0.1", "affine:10,1.5,0.1"), ("affine:0,0,0", "affine:0,0,0"),
+])  # fmt: skip
+def test_augment_is_stored_as_its_canonical_spec(text, spec):
+    assert cli.train_parser().parse_args(["--augment", text]).augment == spec
+
+
+def test_label_smoothing_flag_and_defaults():
+    assert cli.train_parser().parse_args(["--label-smoothing", "0.2"]).label_smoothing == 0.2
+    assert cli.train_parser().parse_args(["--label-smoothing", "0"]).label_smoothing == 0.0
+    assert cli.train_parser().parse_args([]).label_smoothing is None  # the default comes from DEFAULTS
+    assert 0 <= cli.DEFAULTS["label_smoothing"] < 1
+    assert cli.train_parser().parse_args(["--augment", cli.DEFAULTS["augment"]]).augment == cli.DEFAULTS["augment"]
+    assert {"augment", "label_smoothing"} <= set(cli.RESUMED_KEYS)
+    assert cli.OLDER_DEFAULTS == {"label_smoothing": 0.0}
+
+
+def _as_older_checkpoint(path: Path) -> None:
+    """Rewrite a checkpoint as one written before --label-smoothing existed: no such key, and the
+    augmentation as the old integer number of pixels."""
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    meta = json.loads(str(arrays["meta"]))
+    assert meta["config"]["augment"] == "shift:1"
+    del meta["config"]["label_smoothing"]
+    meta["config"]["augment"] = 1
+    arrays["meta"] = np.asarray(json.dumps(meta))
+    np.savez(path, **arrays)
+
+
+def test_resume_a_checkpoint_from_before_label_smoothing(tmp_path, capsys):
+    """It resumes with label smoothing 0.0, what it trained with, and matches a straight run."""
+    common = ["--dataset", "mnist-sample", "--model", "seed", "--quiet", "--no-plots", "--seed", "3"]
+    old = ["--augment", "1", "--label-smoothing", "0"]
+    assert cli.train_main([*common, *old, "--epochs", "2", "--out", str(tmp_path / "straight")]) == 0
+    straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    assert straight["config"]["augment"] == "shift:1" and straight["config"]["label_smoothing"] == 0.0
+    assert cli.train_main([*common, *old, "--epochs", "1", "--out", str(tmp_path / "resumed")]) == 0
+    ckpt = tmp_path / "resumed" / "checkpoint.npz"
+    _as_older_checkpoint(ckpt)
+    assert "label_smoothing" not in load_checkpoint(ckpt).config
+    # a flag that contradicts what the old run did is refused, naming the flag
+    capsys.readouterr()
+    assert cli.train_main(["--resume", str(ckpt), "--label-smoothing", "0.1", "--quiet", "--no-plots"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("train.py: error: --label-smoothing 0.1 differs from the checkpoint's 0.0"), err
+    assert len(err.splitlines()) == 1
+    assert cli.train_main(["--resume", str(ckpt), "--augment", "2", "--quiet", "--no-plots"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("train.py: error: --augment shift:2 differs from the checkpoint's shift:1"), err
+    assert cli.train_main(["--resume", str(ckpt), "--epochs", "2", "--quiet", "--no-plots"]) == 0
+    metrics = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+    assert metrics["epochs"] == 2
+    assert metrics["config"]["label_smoothing"] == 0.0 and metrics["config"]["augment"] == "shift:1"
+    assert load_checkpoint(ckpt).config["label_smoothing"] == 0.0  # written back in today's form
+    a = np.load(tmp_path / "straight" / "checkpoint.npz", allow_pickle=False)
+    b = np.load(ckpt, allow_pickle=False)
+    keys = [k for k in a.files if k.startswith("model/")]
+    assert keys
+    for k in keys:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-6, atol=1e-7, err_msg=k)

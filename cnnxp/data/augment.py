@@ -4,9 +4,9 @@ Each transform is called by `DataLoader` as ``transform(images, rng)`` on a floa
 batch ``(N, C, H, W)`` of pixel values 0..255 (before normalisation, so 0 is the
 background) and returns a batch of the same shape. Random draws come from the
 loader's seeded host ``Generator``, so a seed gives the same pictures on every
-device and a resumed loader continues exactly. The geometry is worked out on the
-host (a few numbers per image); the pixels move in one ``take_along_axis`` on the
-device.
+device and a resumed loader continues exactly. Only those draws cross from the
+host (a few numbers per image); the indices are computed, and the pixels moved
+in one ``take_along_axis``, on the device.
 """
 
 from __future__ import annotations
@@ -39,15 +39,17 @@ def _exact(value: float) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
-def _gather(images, index: np.ndarray):
-    """``out[n, c, p] = flat[n, c, index[n, p]]`` for images padded by 1 pixel of background."""
+def _pad(images, p: int):
     xp = array_namespace(images)
     n, c, h, w = images.shape
-    padded = xp.zeros((n, c, h + 2, w + 2), dtype=images.dtype, device=device_of(images))
-    padded[:, :, 1 : h + 1, 1 : w + 1] = images
-    flat = xp.reshape(padded, (n * c, (h + 2) * (w + 2)))
-    index = np.repeat(index[:, None, :], c, axis=1).reshape(n * c, index.shape[1])
-    return xp.take_along_axis(flat, to_device(index, get_device(device_of(images), xp)), axis=1)
+    padded = xp.zeros((n, c, h + 2 * p, w + 2 * p), dtype=images.dtype, device=device_of(images))
+    padded[:, :, p : p + h, p : p + w] = images
+    return padded
+
+
+def _on_device(host_array: np.ndarray, images):
+    xp = array_namespace(images)
+    return to_device(host_array, get_device(device_of(images), xp))
 
 
 class RandomShift:
@@ -68,16 +70,19 @@ class RandomShift:
             return images
         xp = array_namespace(images)
         n, c, h, w = images.shape
-        padded = xp.zeros((n, c, h + 2 * s, w + 2 * s), dtype=images.dtype, device=device_of(images))
-        padded[:, :, s : s + h, s : s + w] = images
-        # Image i takes the window starting at its offset (dy_i, dx_i) in [0, 2s] of the padded batch.
+        wp = w + 2 * s
+        # Image i takes the window starting at its offset (dy_i, dx_i) in [0, 2s] of the padded batch:
+        # two integers per image cross to the device; the flat indices are made there.
         offsets = rng.integers(0, 2 * s + 1, size=(n, 2))
-        rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-        window = (rows * (w + 2 * s) + cols).reshape(1, h * w)
-        index = window + (offsets[:, :1] * (w + 2 * s) + offsets[:, 1:])
-        index = np.repeat(index[:, None, :], c, axis=1).reshape(n * c, h * w)
-        flat = xp.reshape(padded, (n * c, (h + 2 * s) * (w + 2 * s)))
-        moved = xp.take_along_axis(flat, to_device(index, get_device(device_of(images), xp)), axis=1)
+        start = _on_device((offsets[:, 0] * wp + offsets[:, 1]).astype(np.int64), images)
+        dev = device_of(images)
+        size = (h + 2 * s) * wp
+        rows = xp.arange(h, dtype=xp.int64, device=dev)
+        cols = xp.arange(w, dtype=xp.int64, device=dev)
+        window = xp.reshape(rows[:, None] * wp + cols[None, :], (1, 1, h * w))
+        first = xp.reshape(xp.arange(n * c, dtype=xp.int64, device=dev) * size, (n, c, 1))
+        index = xp.reshape(window + (first + xp.reshape(start, (n, 1, 1))), (n * c * h * w,))
+        moved = xp.take(xp.reshape(_pad(images, s), (n * c * size,)), index)
         return xp.reshape(moved, (n, c, h, w))
 
     def spec(self) -> str:
@@ -115,33 +120,40 @@ class RandomAffine:
         angle = np.deg2rad(rng.uniform(-self.degrees, self.degrees, n))
         zoom = rng.uniform(1.0 - self.scale, 1.0 + self.scale, n)
         shift = rng.uniform(-self.translate, self.translate, (2, n))
-        # Inverse map of each output pixel (y, x), relative to the centre, to its source position.
+        # Four numbers per image cross to the device; the per-pixel geometry is computed there.
+        coef = _on_device(np.stack([np.cos(angle) / zoom, np.sin(angle) / zoom, shift[0], shift[1]])
+                          .astype(np.float32)[:, :, None, None], images)
+        cos, sin, ty, tx = coef[0, ...], coef[1, ...], coef[2, ...], coef[3, ...]  # each (n, 1, 1)
+        dev = device_of(images)
         cy, cx = (h - 1) / 2, (w - 1) / 2
-        yy, xx = np.meshgrid(np.arange(h) - cy, np.arange(w) - cx, indexing="ij")
-        yy, xx = yy.reshape(1, -1), xx.reshape(1, -1)
-        # The forward map is rotate and zoom about the centre, then shift (in output pixels,
-        # as torchvision does); its inverse takes the shift off first.
-        yy, xx = yy - shift[0][:, None], xx - shift[1][:, None]
-        cos = (np.cos(angle) / zoom)[:, None]
-        sin = (np.sin(angle) / zoom)[:, None]
-        sy = sin * xx + cos * yy + cy
-        sx = cos * xx - sin * yy + cx
-        # Positions in the image padded by one background pixel; beyond it, background too.
-        sy = np.clip(sy + 1, 0, h + 1)
-        sx = np.clip(sx + 1, 0, w + 1)
-        y0 = np.minimum(np.floor(sy).astype(np.int64), h)
-        x0 = np.minimum(np.floor(sx).astype(np.int64), w)
+        # Output pixel (y, x) relative to the centre, less the shift (the forward map is rotate and
+        # zoom about the centre, then shift in output pixels, as torchvision does).
+        yy = xp.reshape(xp.arange(h, dtype=xp.float32, device=dev) - cy, (1, h, 1)) - ty
+        xx = xp.reshape(xp.arange(w, dtype=xp.float32, device=dev) - cx, (1, 1, w)) - tx
+        # Its source position, in the image padded by one background pixel (beyond it: background too).
+        # (Terms are grouped so that only one sum per coordinate runs over every pixel.)
+        sy = xp.clip(sin * xx + (cos * yy + (cy + 1)), 0, h + 1)
+        sx = xp.clip(cos * xx + ((cx + 1) - sin * yy), 0, w + 1)
+        y0 = xp.minimum(xp.floor(sy), float(h))
+        x0 = xp.minimum(xp.floor(sx), float(w))
         fy, fx = sy - y0, sx - x0
-        wp = w + 2
-        corner = y0 * wp + x0
-        index = np.concatenate([corner, corner + 1, corner + wp, corner + wp + 1], axis=1)
-        weights = np.concatenate([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx], axis=1)
-        taps = _gather(images, index)  # (n*c, 4*h*w)
-        device = get_device(device_of(images), xp)
-        weights = to_device(np.repeat(weights[:, None, :], c, axis=1).reshape(n * c, 4 * h * w)
-                            .astype(np.float32), device)
-        mixed = xp.sum(xp.reshape(taps * xp.astype(weights, images.dtype), (n * c, 4, h * w)), axis=1)
-        return xp.reshape(mixed, (n, c, h, w))
+        # Each output pixel reads its top-left neighbour at a flat index of the padded batch;
+        # the other three neighbours are the same indices into the flat batch shifted by
+        # 1, wp and wp + 1 elements (views, no index arithmetic).
+        wp, size = w + 2, (h + 2) * (w + 2)
+        corner = xp.reshape(xp.astype(y0 * wp + x0, xp.int64), (n, 1, h * w))  # exact: small whole numbers
+        first = xp.reshape(xp.arange(n * c, dtype=xp.int64, device=dev) * size, (n, c, 1))
+        index = xp.reshape(corner + first, (n * c * h * w,))
+        flat = xp.reshape(_pad(images, 1), (n * c * size,))
+        t0, t1 = xp.take(flat, index), xp.take(flat[1:], index)
+        t2, t3 = xp.take(flat[wp:], index), xp.take(flat[wp + 1 :], index)
+        fy, fx = xp.reshape(fy, (n, 1, h * w)), xp.reshape(fx, (n, 1, h * w))
+        shape = (n, c, h * w)
+        t0, t1, t2, t3 = (xp.reshape(t, shape) for t in (t0, t1, t2, t3))
+        top = t0 + fx * (t1 - t0)
+        bottom = t2 + fx * (t3 - t2)
+        mixed = top + fy * (bottom - top)
+        return xp.reshape(xp.astype(mixed, images.dtype), (n, c, h, w))
 
     def spec(self) -> str:
         return "affine:" + ",".join(_exact(v) for v in (self.degrees, self.translate, self.scale))

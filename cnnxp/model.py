@@ -6,9 +6,24 @@ from typing import Any
 
 from . import backend
 from .layers.base import Layer, _resolve_dtype
+from .layers.activations import ReLU
 from .layers.dropout import Dropout
+from .layers.pool import MaxPool2D
 
 __all__ = ["Sequential"]
+
+
+def _execution_order(layers) -> list[int]:
+    """Layer indices in the order they run: each ReLU directly before a MaxPool2D swaps with it."""
+    order = list(range(len(layers)))
+    k = 0
+    while k + 1 < len(order):
+        if type(layers[order[k]]) is ReLU and type(layers[order[k + 1]]) is MaxPool2D:
+            order[k], order[k + 1] = order[k + 1], order[k]
+            k += 2
+        else:
+            k += 1
+    return order
 
 
 class Sequential:
@@ -43,11 +58,18 @@ class Sequential:
     # -- running ------------------------------------------------------------------
 
     def forward(self, x):
-        """Run every layer on ``x`` (an array on the model's device), returning the last output."""
+        """Run every layer on ``x`` (an array on the model's device), returning the last output.
+
+        A ``ReLU`` directly followed by a ``MaxPool2D`` runs after the pooling instead: the two
+        commute exactly (the maximum of rectified values is the rectified maximum, and the
+        first maximum is the same element), so outputs and gradients are unchanged, bit for
+        bit, while the ReLU works on a quarter of the values.
+        """
         backend.check_input(x, self.device, "the model")
+        self._order = _execution_order(self.layers)
         with self.device.activate():
-            for layer in self.layers:
-                x = layer.forward(x)
+            for i in self._order:
+                x = self.layers[i].forward(x)
         return x
 
     __call__ = forward
@@ -58,11 +80,11 @@ class Sequential:
         Returns dL/d input, or None with ``need_input_grad=False``, which lets the
         first layer skip computing it (training never needs it).
         """
+        order = getattr(self, "_order", None) or _execution_order(self.layers)
         with self.device.activate():
-            last = len(self.layers) - 1
-            for i in range(last, -1, -1):
-                grad_out = self.layers[i].backward(grad_out, need_input_grad=need_input_grad or i > 0)
-        return grad_out
+            for k in range(len(order) - 1, -1, -1):
+                grad_out = self.layers[order[k]].backward(grad_out, need_input_grad=need_input_grad or k > 0)
+        return grad_out if need_input_grad else None
 
     def train(self, mode: bool = True) -> Sequential:
         self.training = bool(mode)

@@ -93,6 +93,59 @@ def test_sequential_rejects_non_layers():
         cnnxp.Sequential([layers.ReLU(), 3])
 
 
+@pytest.mark.parametrize(("kinds", "expected"), [
+    ("relu pool", [1, 0]),
+    ("conv relu pool conv relu pool", [0, 2, 1, 3, 5, 4]),
+    ("relu relu pool", [0, 2, 1]),
+    ("relu pool pool", [1, 0, 2]),
+    ("pool relu", [0, 1]),
+    ("relu avgpool", [0, 1]),  # averaging and rectifying do not commute
+    ("relu flatten", [0, 1]),
+])
+def test_execution_order_swaps_relu_before_max_pool(kinds, expected):
+    from cnnxp.model import _execution_order
+
+    make = {"relu": layers.ReLU, "pool": lambda: layers.MaxPool2D(2), "avgpool": lambda: layers.AvgPool2D(2),
+            "conv": lambda: layers.Conv2D(1, 1, 1), "flatten": layers.Flatten}
+    assert _execution_order([make[k]() for k in kinds.split()]) == expected
+
+
+def _declared_order_step(model, x, grad):
+    """Forward and backward through the layers one by one, in the order they were given."""
+    for layer in model.layers:
+        x = layer.forward(x)
+    out = x
+    for i in range(len(model.layers) - 1, -1, -1):
+        grad = model.layers[i].backward(grad, need_input_grad=True)
+    return out, grad, {key: np.array(layer.grads[name]) for key, layer, name in model.named_parameters()}
+
+
+@pytest.mark.parametrize("padding", [0, 1])
+def test_relu_after_max_pool_gives_the_same_bits(padding):
+    """Running a ReLU after the MaxPool2D it precedes changes neither outputs nor gradients.
+
+    The inputs are rounded so that windows hold ties, at zero and above it, and many negative
+    values: where first-maximum routing and the ReLU's zero gradient could disagree.
+    """
+    rng = np.random.default_rng(3)
+    x = np.round(rng.standard_normal((4, 2, 8, 8)) * 2).astype(np.float32) / 2
+    model = cnnxp.Sequential([layers.ReLU(), layers.MaxPool2D(2, padding=padding), layers.Conv2D(2, 3, 3, seed=1),
+                              layers.ReLU(), layers.MaxPool2D(2, stride=1), layers.Flatten()])
+    out = model(x)
+    grad = rng.standard_normal(out.shape).astype(np.float32)
+    dx = model.backward(grad)
+    grads = {key: np.array(layer.grads[name]) for key, layer, name in model.named_parameters()}
+    ref_out, ref_dx, ref_grads = _declared_order_step(model, x, grad)
+    assert (ref_out == 0).any() and (ref_dx == 0).any()
+    np.testing.assert_array_equal(out, ref_out)
+    np.testing.assert_array_equal(dx, ref_dx)
+    for key in grads:
+        np.testing.assert_array_equal(grads[key], ref_grads[key])
+    # Without an input gradient the model returns none, whichever layer runs first.
+    model(x)
+    assert model.backward(grad, need_input_grad=False) is None
+
+
 def test_state_dict_round_trip_across_devices():
     strict = pytest.importorskip("array_api_strict")
     src = lenet5(seed=1).to(strict.Device("device1"), xp=strict)

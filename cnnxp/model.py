@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from . import backend
-from .layers.base import Layer, _resolve_dtype
 from .layers.activations import ReLU
+from .layers.base import Layer, _resolve_dtype
 from .layers.dropout import Dropout
 from .layers.pool import MaxPool2D
 

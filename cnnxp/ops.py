@@ -38,6 +38,8 @@ and non-overlapping windows write their gradient instead of accumulating it.
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
@@ -50,6 +52,9 @@ __all__ = [
     "im2col",
     "col2im",
     "conv_chunk_size",
+    "TOEPLITZ_MAX_WORK",
+    "toeplitz_weight",
+    "toeplitz_weight_grad",
     "conv2d_forward",
     "conv2d_backward",
     "maxpool2d_forward",
@@ -269,7 +274,7 @@ class _ConvGeometry:
         return dsrc[:, :, ph : ph + h, pw : pw + w]
 
 
-def conv2d_forward(x, weight, bias=None, stride=1, padding=0, chunk_bytes=None, flat=None):
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, chunk_bytes=None, flat=None, algorithm="auto"):
     """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
 
     Parameters
@@ -282,8 +287,14 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, chunk_bytes=None, 
         Bound on the column matrix; defaults to `CONV_CHUNK_BYTES`. Larger
         batches are convolved in slices of the batch.
     flat : bool, optional
-        Use the flat-row column layout (stride 1 only; the default there) or
-        strided slices (the default for other strides). Both give the same result.
+        For im2col: use the flat-row column layout (stride 1 only; the default
+        there) or strided slices (the default for other strides). Both give the same result.
+    algorithm : {"auto", "im2col", "toeplitz"}
+        ``im2col``: one column per output position, ``(O, C*kh*kw) @ (C*kh*kw, N*out_h*out_w)``.
+        ``toeplitz``: one row per output row, ``(N*out_h, kh*C*Wp) @ (kh*C*Wp, O*out_w)``
+        against `toeplitz_weight`; a smaller copy of the input and a better-shaped product, at
+        ``Wp / kw`` times the arithmetic. ``auto`` picks Toeplitz where that trade pays
+        (`TOEPLITZ_MAX_WORK`). All give the same result to rounding.
 
     Returns
     -------
@@ -299,6 +310,15 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, chunk_bytes=None, 
         conv_output_size(h, kh, stride[0], padding[0]),
         conv_output_size(w, kw, stride[1], padding[1]),
     )
+    if algorithm not in ("auto", "im2col", "toeplitz"):
+        raise ValueError(f"algorithm must be 'auto', 'im2col' or 'toeplitz', got {algorithm!r}")
+    if algorithm == "auto":
+        padded_w = w + 2 * padding[1]
+        algorithm = "toeplitz" if _toeplitz_work(o, padded_w, kw) <= TOEPLITZ_MAX_WORK and not flat else "im2col"
+    if algorithm == "toeplitz":
+        if flat:
+            raise ValueError("the flat column layout belongs to the im2col algorithm, not 'toeplitz'")
+        return _conv_toeplitz_forward(x, weight, bias, stride, padding, out_size, chunk_bytes)
     if flat is None:
         flat = stride == (1, 1)
     elif flat and stride != (1, 1):
@@ -336,6 +356,8 @@ def conv2d_backward(grad_out, cache, need_input_grad=True):
     ``grad_in`` is None when ``need_input_grad`` is False (the first layer of a
     network: nothing upstream needs it, and col2im is most of the backward time).
     """
+    if isinstance(cache, ToeplitzCache):
+        return _conv_toeplitz_backward(grad_out, cache, need_input_grad)
     xp = array_namespace(grad_out)
     kept, step, src_shape, geo, weight = cache
     o, c, kh, kw = weight.shape
@@ -382,6 +404,145 @@ def conv2d_backward(grad_out, cache, need_input_grad=True):
     return xp.permute_dims(geo.crop(xp, dsrc), (1, 0, 2, 3)), grad_weight, grad_bias
 
 
+TOEPLITZ_MAX_WORK = 128
+"""`conv2d_forward`'s ``algorithm="auto"`` takes the row-Toeplitz path when ``2 * out_channels *
+padded_width / kernel_width`` is at most this: the Toeplitz product does ``padded_width /
+kernel_width`` times im2col's arithmetic, which pays only while im2col's thin product is bound
+by memory (few output channels, narrow images, as in LeNet-5). See docs/performance.md."""
+
+
+def _toeplitz_work(out_channels: int, padded_width: int, kernel_width: int) -> float:
+    return 2 * out_channels * padded_width / kernel_width
+
+
+def toeplitz_weight(weight, padded_width: int, out_width: int, stride_w: int):
+    """The weight as a ``(kh*C*Wp, O*out_w)`` matrix: row ``(i, c, w)``, column ``(o, x)`` holds
+    ``weight[o, c, i, w - x*stride_w]`` where that offset lies in the kernel, else 0.
+
+    Built without index arrays: each kernel row is written at the start of a row of length
+    ``Wp + stride_w``; read back ``Wp`` at a time, row ``x`` then starts ``x * stride_w`` later.
+    """
+    xp = array_namespace(weight)
+    o, c, kh, kw = weight.shape
+    wp, ow, sw = padded_width, out_width, stride_w
+    base = xp.zeros((kh, c, o, ow, wp + sw), dtype=weight.dtype, device=device_of(weight))
+    base[:, :, :, :, :kw] = xp.permute_dims(weight, (2, 1, 0, 3))[:, :, :, None, :]
+    rows = xp.reshape(xp.reshape(base, (kh, c, o, ow * (wp + sw)))[:, :, :, : ow * wp], (kh, c, o, ow, wp))
+    return xp.reshape(xp.permute_dims(rows, (0, 1, 4, 2, 3)), (kh * c * wp, o * ow))
+
+
+def toeplitz_weight_grad(grad_t, weight_shape, padded_width: int, out_width: int, stride_w: int):
+    """Adjoint of `toeplitz_weight`: sum each kernel offset's entries of a ``(kh*C*Wp, O*out_w)`` gradient."""
+    xp = array_namespace(grad_t)
+    o, c, kh, kw = weight_shape
+    wp, ow, sw = padded_width, out_width, stride_w
+    rows = xp.permute_dims(xp.reshape(grad_t, (kh, c, wp, o, ow)), (0, 1, 3, 4, 2))  # (kh, c, o, ow, wp)
+    flat = xp.zeros((kh, c, o, ow * (wp + sw)), dtype=grad_t.dtype, device=device_of(grad_t))
+    flat[:, :, :, : ow * wp] = xp.reshape(rows, (kh, c, o, ow * wp))
+    taps = xp.reshape(flat, (kh, c, o, ow, wp + sw))[:, :, :, :, :kw]
+    return xp.permute_dims(xp.sum(taps, axis=3), (2, 1, 0, 3))
+
+
+def _toeplitz_rows(src, kh: int, sh: int, oh: int):
+    """``(N*out_h, kh*C*Wp)``: output row ``r`` of image ``n`` takes padded rows ``r*sh + i``, i < kh.
+
+    ``src`` is the padded batch stored ``(N, Hp, C, Wp)``.
+    """
+    xp = array_namespace(src)
+    n, _, c, wp = src.shape
+    rows = xp.stack([src[:, i : i + sh * (oh - 1) + 1 : sh, :, :] for i in range(kh)], axis=2)
+    return xp.reshape(rows, (n * oh, kh * c * wp))
+
+
+class ToeplitzCache(NamedTuple):
+    """What the Toeplitz path keeps for backward (the first two fields as in the im2col cache)."""
+
+    kept: Any  # the rows matrix (N*out_h, kh*C*Wp), or the padded input (N, Hp, C, Wp) when sliced
+    step: int  # images per slice
+    weight_matrix: Any
+    in_shape: tuple
+    stride: tuple
+    padding: tuple
+    out_size: tuple
+    weight: Any
+
+
+def _conv_toeplitz_forward(x, weight, bias, stride, padding, out_size, chunk_bytes):
+    """Convolution as one product: rows of the padded input against `toeplitz_weight`.
+
+    The result is stored ``(N, out_h, O, out_w)`` and returned as its NCHW view; the layers
+    below keep that storage order, so the next convolution reads its input without a copy.
+    Batches whose rows matrix would exceed ``chunk_bytes`` run in slices and keep only the
+    padded input for backward, like the im2col path.
+    """
+    xp = array_namespace(x, weight)
+    n, c, h, w = x.shape
+    o, _, kh, kw = weight.shape
+    (sh, sw), (ph, pw), (oh, ow) = stride, padding, out_size
+    hp, wp = h + 2 * ph, w + 2 * pw
+    x_nhcw = xp.permute_dims(x, (0, 2, 1, 3))
+    if ph or pw:
+        src = xp.zeros((n, hp, c, wp), dtype=x.dtype, device=device_of(x))
+        src[:, ph : ph + h, :, pw : pw + w] = x_nhcw
+    else:
+        src = x_nhcw
+    t = toeplitz_weight(weight, wp, ow, sw)
+    step = conv_chunk_size(kh * c * wp * oh * (xp.finfo(x.dtype).bits // 8), n, chunk_bytes)
+    if step >= n:
+        kept = _toeplitz_rows(src, kh, sh, oh)
+        out = xp.reshape(kept @ t, (n, oh, o, ow))
+    else:
+        kept = src
+        out = xp.empty((n, oh, o, ow), dtype=x.dtype, device=device_of(x))
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            part = _toeplitz_rows(src[start:stop, ...], kh, sh, oh) @ t
+            out[start:stop, ...] = xp.reshape(part, (stop - start, oh, o, ow))
+    if bias is not None:
+        out += xp.reshape(bias, (1, 1, o, 1))
+    cache = ToeplitzCache(kept, step, t, (n, c, h, w), stride, padding, out_size, weight)
+    return xp.permute_dims(out, (0, 2, 1, 3)), cache
+
+
+def _conv_toeplitz_backward(grad_out, cache, need_input_grad):
+    xp = array_namespace(grad_out)
+    kept, step, t, (n, c, h, w), (sh, sw), (ph, pw), (oh, ow), weight = cache
+    o, _, kh, kw = weight.shape
+    hp, wp = h + 2 * ph, w + 2 * pw
+    g = xp.reshape(xp.permute_dims(grad_out, (0, 2, 1, 3)), (n * oh, o * ow))
+    # Rows first (a contiguous reduction), then the few output columns of each channel.
+    grad_bias = xp.sum(xp.reshape(xp.sum(g, axis=0), (o, ow)), axis=1)
+    dsrc = xp.zeros((n, hp, c, wp), dtype=grad_out.dtype, device=device_of(grad_out)) if need_input_grad else None
+    t_t = xp.matrix_transpose(t)
+    if step >= n:
+        grad_t = xp.matrix_transpose(kept) @ g
+        if need_input_grad:
+            _add_rows(dsrc, g @ t_t, kh, sh, oh)
+    else:
+        grad_t = None
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            g_part = g[start * oh : stop * oh, ...]
+            part = xp.matrix_transpose(_toeplitz_rows(kept[start:stop, ...], kh, sh, oh)) @ g_part
+            grad_t = part if grad_t is None else grad_t + part
+            if need_input_grad:
+                _add_rows(dsrc[start:stop, ...], g_part @ t_t, kh, sh, oh)
+    grad_weight = toeplitz_weight_grad(grad_t, weight.shape, wp, ow, sw)
+    if not need_input_grad:
+        return None, grad_weight, grad_bias
+    return xp.permute_dims(dsrc[:, ph : ph + h, :, pw : pw + w], (0, 2, 1, 3)), grad_weight, grad_bias
+
+
+def _add_rows(dsrc, d_rows, kh: int, sh: int, oh: int):
+    """Adjoint of `_toeplitz_rows`: add each output row's slice of ``d_rows`` back to its input rows."""
+    xp = array_namespace(dsrc)
+    n, _, c, wp = dsrc.shape
+    d_rows = xp.reshape(d_rows, (n, oh, kh, c, wp))
+    for i in range(kh):
+        sl = slice(i, i + sh * (oh - 1) + 1, sh)
+        dsrc[:, sl, :, :] = dsrc[:, sl, :, :] + d_rows[:, :, i, :, :]
+
+
 def _pool_geometry(x, kernel_size, stride, padding):
     if x.ndim != 4:
         raise ValueError(f"pooling expected input of shape (N, C, H, W), got {tuple(x.shape)}")
@@ -401,8 +562,16 @@ def _unpad(dx, padding):
     return dx[:, :, ph : dx.shape[2] - ph, pw : dx.shape[3] - pw]
 
 
-def _empty_like_cnhw(xp, shape, like, fill_zero):
-    """A new (N, C, H, W) array stored channels-first, the layout convolutions read without a copy."""
+def _empty_like_cnhw(xp, shape, like, fill_zero, layout=None):
+    """A new (N, C, H, W) array for an input gradient.
+
+    Stored like ``layout`` (the layer's input, where it has this shape: libraries such as NumPy
+    and CuPy keep a ``*_like`` array's memory order), so the layer below reads its gradient in
+    the order it wrote its output, whichever convolution algorithm that was; otherwise stored
+    channels-first, the order im2col convolutions read without a copy.
+    """
+    if layout is not None and tuple(layout.shape) == tuple(shape):
+        return (xp.zeros_like if fill_zero else xp.empty_like)(layout, dtype=like.dtype)
     n, c, h, w = shape
     make = xp.zeros if fill_zero else xp.empty
     return xp.permute_dims(make((c, n, h, w), dtype=like.dtype, device=device_of(like)), (1, 0, 2, 3))
@@ -458,7 +627,8 @@ def maxpool2d_backward(grad_out, cache):
     slices = window_slices(kernel, stride, out_size)
     overlapping = not _disjoint(kernel, stride)
     dx = _empty_like_cnhw(xp, padded_shape, grad_out,
-                          fill_zero=not _tiles(padded_shape[2:], kernel, stride, out_size) or overlapping)
+                          fill_zero=not _tiles(padded_shape[2:], kernel, stride, out_size) or overlapping,
+                          layout=saved[0] if path == "first-max" else None)
     if path == "windows":
         for k, (si, sj) in enumerate(slices):
             part = grad_out * xp.astype(saved == k, grad_out.dtype)

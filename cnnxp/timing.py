@@ -12,6 +12,7 @@ from typing import Any
 
 from .backend import get_device
 from .losses import softmax_cross_entropy
+from .model import _execution_order
 
 __all__ = ["synchronize", "layer_times", "format_layer_times"]
 
@@ -33,7 +34,9 @@ def layer_times(model, x, y=None, repeats: int = 5, warmup: int = 1) -> list[dic
 
     The device is synchronised around every layer, so each time is that layer's
     own work. The backward pass starts from the softmax cross-entropy gradient
-    against ``y`` (class 0 for every sample when ``y`` is None).
+    against ``y`` (class 0 for every sample when ``y`` is None). Layers run in the
+    order `Sequential` runs them (a ReLU just before a max pool after it), so the
+    times are those of training; ``output_shape`` is the declared one.
 
     Returns one dict per layer: ``index``, ``layer``, ``output_shape``, ``forward_s``, ``backward_s``.
     """
@@ -46,24 +49,28 @@ def layer_times(model, x, y=None, repeats: int = 5, warmup: int = 1) -> list[dic
     model.train()
     forward = [[] for _ in model.layers]
     backward = [[] for _ in model.layers]
-    shapes = [None] * len(model.layers)
+    order = _execution_order(model.layers)
+    shapes, shape = [], tuple(x.shape)
+    for layer in model.layers:
+        shape = tuple(layer.output_shape(shape))
+        shapes.append(shape)
     try:
         with device.activate():
             for run in range(warmup + repeats):
                 out = x
-                for i, layer in enumerate(model.layers):
+                for i in order:
                     synchronize(device)
                     start = time.perf_counter()
-                    out = layer.forward(out)
+                    out = model.layers[i].forward(out)
                     synchronize(device)
                     if run >= warmup:
                         forward[i].append(time.perf_counter() - start)
-                    shapes[i] = tuple(out.shape)
                 _, grad = softmax_cross_entropy(out, y)
-                for i in range(len(model.layers) - 1, -1, -1):
+                for k in range(len(order) - 1, -1, -1):
+                    i = order[k]
                     synchronize(device)
                     start = time.perf_counter()
-                    grad = model.layers[i].backward(grad, need_input_grad=i > 0)
+                    grad = model.layers[i].backward(grad, need_input_grad=k > 0)
                     synchronize(device)
                     if run >= warmup:
                         backward[i].append(time.perf_counter() - start)

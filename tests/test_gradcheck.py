@@ -44,9 +44,11 @@ CONV = [  # (C, O, H, W, kernel, stride, padding)
 
 @pytest.mark.parametrize("c,o,h,w,k,s,p", CONV)
 @pytest.mark.parametrize("bias", [True, False])
-def test_conv2d(c, o, h, w, k, s, p, bias):
+@pytest.mark.parametrize("algorithm", ["im2col", "toeplitz"])
+def test_conv2d(c, o, h, w, k, s, p, bias, algorithm):
     rng = np.random.default_rng(0)
-    check_layer(layers.Conv2D(c, o, k, s, p, bias=bias, seed=1), rng.standard_normal((2, c, h, w)), rng)
+    check_layer(layers.Conv2D(c, o, k, s, p, bias=bias, seed=1, algorithm=algorithm),
+                rng.standard_normal((2, c, h, w)), rng)
 
 
 POOL = [  # (H, W, kernel, stride, padding)

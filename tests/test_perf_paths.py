@@ -118,13 +118,16 @@ def conv_inputs(backend, cin, cout, k, s, p, hw, n=7):
 
 @pytest.mark.parametrize("cin,cout,k,s,p,hw", CONV_CASES)
 @pytest.mark.parametrize("images_per_slice", [1, 3])  # 7 images: slices of 1, or 3 + 3 + 1
-def test_conv_batch_slices_match_whole_batch(backend, cin, cout, k, s, p, hw, images_per_slice):
+@pytest.mark.parametrize("algorithm", ["im2col", "toeplitz"])
+def test_conv_batch_slices_match_whole_batch(backend, cin, cout, k, s, p, hw, images_per_slice, algorithm):
     x, w, b, grad = conv_inputs(backend, cin, cout, k, s, p, hw)
-    whole, cache = conv_run(backend, x, w, b, s, p, grad)
+    whole, cache = conv_run(backend, x, w, b, s, p, grad, algorithm=algorithm)
     assert cache[1] >= 7, "the default chunk size should hold this small batch"
-    _, probe = ops.conv2d_forward(x, w, b, s, p)
+    _, probe = ops.conv2d_forward(x, w, b, s, p, algorithm=algorithm)
+    assert isinstance(probe, ops.ToeplitzCache) == (algorithm == "toeplitz")
     per_image = probe[0].shape[0] * probe[0].shape[1] // 7 * (8 if backend.dtype_name == "float64" else 4)
-    sliced, cache = conv_run(backend, x, w, b, s, p, grad, chunk_bytes=per_image * images_per_slice)
+    sliced, cache = conv_run(backend, x, w, b, s, p, grad, chunk_bytes=per_image * images_per_slice,
+                             algorithm=algorithm)
     assert cache[1] == images_per_slice
     tol = backend.rtol * 10
     for got, want in zip(sliced, whole, strict=True):
@@ -187,3 +190,55 @@ def test_col2im_batch_last_matches_col2im(backend, cin, cout, k, s, p, hw):
     got = ops.col2im(cols_last, (cin, n, hp, wp), (kh, kw), (sh, sw), out_size, batch_last=True)
     backend.assert_on_backend(got)
     np.testing.assert_array_equal(host(got).transpose(0, 3, 1, 2), want)
+
+
+@pytest.mark.parametrize("cin,cout,k,s,p,hw", CONV_CASES)
+def test_conv_toeplitz_matches_im2col(backend, cin, cout, k, s, p, hw):
+    x, w, b, grad = conv_inputs(backend, cin, cout, k, s, p, hw)
+    im2col, _ = conv_run(backend, x, w, b, s, p, grad, algorithm="im2col")
+    toeplitz, _ = conv_run(backend, x, w, b, s, p, grad, algorithm="toeplitz")
+    for got, want in zip(toeplitz, im2col, strict=True):
+        np.testing.assert_allclose(got, want, rtol=backend.rtol * 10, atol=backend.rtol * 10)
+
+
+@pytest.mark.parametrize("o,c,kh,kw,wp,sw", [(2, 3, 3, 2, 7, 1), (3, 1, 5, 5, 32, 1), (2, 2, 2, 3, 9, 2), (1, 1, 1, 1, 4, 3)])
+def test_toeplitz_weight_against_loops_and_its_adjoint(backend, o, c, kh, kw, wp, sw):
+    rng = np.random.default_rng(5)
+    ow = (wp - kw) // sw + 1
+    weight = rng.standard_normal((o, c, kh, kw))
+    want = np.zeros((kh, c, wp, o, ow))
+    for oi in range(o):
+        for ci in range(c):
+            for i in range(kh):
+                for x in range(ow):
+                    for j in range(kw):
+                        want[i, ci, x * sw + j, oi, x] = weight[oi, ci, i, j]
+    t = ops.toeplitz_weight(backend.asarray(weight), wp, ow, sw)
+    backend.assert_on_backend(t)
+    np.testing.assert_array_equal(host(t), host(backend.asarray(want.reshape(kh * c * wp, o * ow))))
+    # The weight gradient is the adjoint: <T(W), G> == <W, T*(G)> for any G.
+    g = rng.standard_normal((kh * c * wp, o * ow))
+    back = host(ops.toeplitz_weight_grad(backend.asarray(g), (o, c, kh, kw), wp, ow, sw))
+    assert back.shape == (o, c, kh, kw)
+    np.testing.assert_allclose(np.sum(want.reshape(kh * c * wp, o * ow) * g), np.sum(weight * back),
+                               rtol=backend.rtol * 10)
+
+
+def test_auto_algorithm_picks_toeplitz_for_lenet5_and_im2col_for_wide_layers():
+    x = np.zeros((2, 1, 28, 28), np.float32)
+    for model, expected in ((cnnxp.models.lenet5(), [True, True]), (cnnxp.models.fashion_cnn(), [False, False]),
+                            (cnnxp.models.seed_cnn(), [False])):
+        model(x)
+        convs = [layer for layer in model if isinstance(layer, layers.Conv2D)]
+        assert [isinstance(layer.cache, ops.ToeplitzCache) for layer in convs] == expected
+
+
+def test_conv_algorithm_errors():
+    x, w = np.zeros((1, 1, 6, 6)), np.zeros((2, 1, 3, 3))
+    with pytest.raises(ValueError, match=r"^algorithm must be 'auto', 'im2col' or 'toeplitz', got 'fft'$"):
+        ops.conv2d_forward(x, w, algorithm="fft")
+    with pytest.raises(ValueError, match="flat column layout belongs to the im2col algorithm"):
+        ops.conv2d_forward(x, w, flat=True, algorithm="toeplitz")
+    with pytest.raises(ValueError, match=r"^Conv2D algorithm must be 'auto', 'im2col' or 'toeplitz', got 'x'$"):
+        layers.Conv2D(1, 2, 3, algorithm="x")
+    assert repr(layers.Conv2D(1, 2, 3, algorithm="im2col")).endswith("algorithm='im2col')")

@@ -50,10 +50,12 @@ def conv_configs(count, seed):
                    h=h, w=w, k=k, s=s, p=p, bias=bool(rng.integers(0, 2)))
 
 
+@pytest.mark.parametrize("algorithm", ["im2col", "toeplitz"])
 @pytest.mark.parametrize("cfg", list(conv_configs(15, seed=1)), ids=str)
-def test_conv2d_matches_torch(cfg):
+def test_conv2d_matches_torch(cfg, algorithm):
     rng = np.random.default_rng(2)
-    layer = f64(layers.Conv2D(cfg["c"], cfg["o"], cfg["k"], cfg["s"], cfg["p"], bias=cfg["bias"], seed=3))
+    layer = f64(layers.Conv2D(cfg["c"], cfg["o"], cfg["k"], cfg["s"], cfg["p"], bias=cfg["bias"], seed=3,
+                              algorithm=algorithm))
     layer.params["weight"] = rng.standard_normal(layer.params["weight"].shape)
     if cfg["bias"]:
         layer.params["bias"] = rng.standard_normal(cfg["o"])

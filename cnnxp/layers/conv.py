@@ -20,6 +20,9 @@ class Conv2D(Layer):
         Kaiming normal (for layers followed by ReLU) or Glorot uniform.
     seed : int, numpy Generator or None
         Where the initial weights come from; the same seed gives the same weights on every device.
+    algorithm : {"auto", "im2col", "toeplitz"}
+        How the convolution is computed (`cnnxp.ops.conv2d_forward`); every choice gives the
+        same result to rounding. ``auto`` picks the faster one for the layer's shape.
 
     ``params["weight"]`` has shape (out_channels, in_channels, kh, kw), ``params["bias"]`` (out_channels,).
 
@@ -32,8 +35,11 @@ class Conv2D(Layer):
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
-                 init="he", seed=None):
+                 init="he", seed=None, algorithm="auto"):
         super().__init__()
+        if algorithm not in ("auto", "im2col", "toeplitz"):
+            raise ValueError(f"Conv2D algorithm must be 'auto', 'im2col' or 'toeplitz', got {algorithm!r}")
+        self.algorithm = algorithm
         for label, value in (("in_channels", in_channels), ("out_channels", out_channels)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"Conv2D {label} must be a positive int, got {value!r}")
@@ -81,7 +87,7 @@ class Conv2D(Layer):
             flat, chunk_bytes = None, min(ops.CONV_BLOCK_BYTES, ops.CONV_CHUNK_BYTES)
         out, self.cache = ops.conv2d_forward(
             x, self.params["weight"], self.params.get("bias"), self.stride, self.padding,
-            chunk_bytes=chunk_bytes, flat=flat,
+            chunk_bytes=chunk_bytes, flat=flat, algorithm=self.algorithm,
         )
         return out
 
@@ -99,4 +105,6 @@ class Conv2D(Layer):
             s += f", padding={self.padding}"
         if "bias" not in self.params:
             s += ", bias=False"
+        if self.algorithm != "auto":
+            s += f", algorithm={self.algorithm!r}"
         return s

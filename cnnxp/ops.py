@@ -46,6 +46,8 @@ from array_api_compat import device as device_of
 __all__ = [
     "CONV_CHUNK_BYTES",
     "CONV_BLOCK_BYTES",
+    "TOEPLITZ_BLOCK_BYTES",
+    "POOL_BLOCK_BYTES",
     "conv_output_size",
     "pad2d",
     "window_slices",
@@ -77,6 +79,16 @@ Change it module-wide (``cnnxp.ops.CONV_CHUNK_BYTES = ...``) or per call with ``
 CONV_BLOCK_BYTES = 4 * 2**20
 """Column-matrix size for inference (eval mode): slices this small stay in cache while the
 matrix product reads them, which is faster than one pass over a large matrix."""
+
+
+POOL_BLOCK_BYTES = 2**18
+"""Max-pool backward walks its windows over slices of the batch whose input is at most this
+many bytes, so the arrays of one slice stay in cache across the walk's passes (docs/performance.md)."""
+
+
+TOEPLITZ_BLOCK_BYTES = 3 * 2**19
+"""Rows-matrix size of a Toeplitz convolution for inference (eval mode); see `CONV_BLOCK_BYTES`.
+1.5 MiB: LeNet-5 at batch 64 in one slice and at 256 in four, measured best here (docs/performance.md)."""
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -205,10 +217,13 @@ def _check_conv_shapes(x, weight):
 def conv_chunk_size(per_image_bytes: int, batch: int, chunk_bytes: int | None = None) -> int:
     """How many images one column matrix may hold so that it stays within ``chunk_bytes``.
 
-    Returns ``batch`` (no slicing) when the whole batch fits, and at least 1.
+    Returns ``batch`` (no slicing) when the whole batch fits, and at least 1. Slices are
+    balanced: 65 images at 64 per slice become 33 + 32, not 64 + 1.
     """
     limit = CONV_CHUNK_BYTES if chunk_bytes is None else int(chunk_bytes)
-    return max(1, min(batch, limit // max(1, per_image_bytes)))
+    step = max(1, min(batch, limit // max(1, per_image_bytes)))
+    slices = -(-batch // step)
+    return -(-batch // slices)
 
 
 class _ConvGeometry:
@@ -274,7 +289,8 @@ class _ConvGeometry:
         return dsrc[:, :, ph : ph + h, pw : pw + w]
 
 
-def conv2d_forward(x, weight, bias=None, stride=1, padding=0, chunk_bytes=None, flat=None, algorithm="auto"):
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, chunk_bytes=None, flat=None, algorithm="auto",
+                   inference=False):
     """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
 
     Parameters
@@ -295,6 +311,10 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, chunk_bytes=None, 
         against `toeplitz_weight`; a smaller copy of the input and a better-shaped product, at
         ``Wp / kw`` times the arithmetic. ``auto`` picks Toeplitz where that trade pays
         (`TOEPLITZ_MAX_WORK`). All give the same result to rounding.
+    inference : bool
+        Speed over what backward needs: run in cache-sized slices of the batch
+        (`TOEPLITZ_BLOCK_BYTES`, or `CONV_BLOCK_BYTES` with im2col's flat layout). The
+        result can still be back-propagated (the slices' inputs are kept), only slower.
 
     Returns
     -------
@@ -315,10 +335,16 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, chunk_bytes=None, 
     if algorithm == "auto":
         padded_w = w + 2 * padding[1]
         algorithm = "toeplitz" if _toeplitz_work(o, padded_w, kw) <= TOEPLITZ_MAX_WORK and not flat else "im2col"
+    limit = CONV_CHUNK_BYTES if chunk_bytes is None else int(chunk_bytes)
     if algorithm == "toeplitz":
         if flat:
             raise ValueError("the flat column layout belongs to the im2col algorithm, not 'toeplitz'")
-        return _conv_toeplitz_forward(x, weight, bias, stride, padding, out_size, chunk_bytes)
+        if inference:
+            limit = min(limit, TOEPLITZ_BLOCK_BYTES)
+        return _conv_toeplitz_forward(x, weight, bias, stride, padding, out_size, limit)
+    if inference:
+        limit = min(limit, CONV_BLOCK_BYTES)
+    chunk_bytes = limit
     if flat is None:
         flat = stride == (1, 1)
     elif flat and stride != (1, 1):
@@ -635,16 +661,31 @@ def maxpool2d_backward(grad_out, cache):
             dx[:, :, si, sj] = dx[:, :, si, sj] + part if overlapping else part
         return _unpad(dx, padding)
     xpad, out = saved
-    # Walk the window in row-major order; the first input equal to the maximum takes the
-    # whole gradient and leaves nothing for later ties (g - g is exactly 0).
-    remaining = grad_out
-    for k, (si, sj) in enumerate(slices):
-        hit = xp.astype(xpad[:, :, si, sj] == out, grad_out.dtype)
-        part = remaining * hit
-        if k + 1 < len(slices):
-            remaining = remaining - part
-        dx[:, :, si, sj] = dx[:, :, si, sj] + part if overlapping else part
+    n = padded_shape[0]
+    per_image = _size(padded_shape[1:]) * (xp.finfo(grad_out.dtype).bits // 8)
+    step = conv_chunk_size(per_image, n, POOL_BLOCK_BYTES)
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        # Walk the window in row-major order; the first input equal to the maximum takes the
+        # whole gradient and leaves nothing for later ties (g - g is exactly 0). A slice of
+        # images at a time keeps the walk's arrays in cache between its passes.
+        block = slice(start, stop)
+        x_b, out_b, dx_b = xpad[block, ...], out[block, ...], dx[block, ...]
+        remaining = grad_out[block, ...]
+        for k, (si, sj) in enumerate(slices):
+            hit = xp.astype(x_b[:, :, si, sj] == out_b, grad_out.dtype)
+            part = remaining * hit
+            if k + 1 < len(slices):
+                remaining = remaining - part
+            dx_b[:, :, si, sj] = dx_b[:, :, si, sj] + part if overlapping else part
     return _unpad(dx, padding)
+
+
+def _size(shape) -> int:
+    size = 1
+    for d in shape:
+        size *= int(d)
+    return size
 
 
 def avgpool2d_forward(x, kernel_size, stride=None, padding=0):

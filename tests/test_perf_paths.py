@@ -171,7 +171,9 @@ def test_conv_layer_same_output_in_train_and_eval(backend):
 
 def test_conv_chunk_size():
     assert ops.conv_chunk_size(100, 64, chunk_bytes=10_000) == 64
-    assert ops.conv_chunk_size(100, 640, chunk_bytes=10_000) == 100
+    assert ops.conv_chunk_size(100, 600, chunk_bytes=10_000) == 100
+    assert ops.conv_chunk_size(100, 640, chunk_bytes=10_000) == 92  # 7 balanced slices, not 6 of 100 and 40
+    assert ops.conv_chunk_size(100, 101, chunk_bytes=10_000) == 51
     assert ops.conv_chunk_size(10**9, 8, chunk_bytes=10) == 1
 
 
@@ -242,3 +244,28 @@ def test_conv_algorithm_errors():
     with pytest.raises(ValueError, match=r"^Conv2D algorithm must be 'auto', 'im2col' or 'toeplitz', got 'x'$"):
         layers.Conv2D(1, 2, 3, algorithm="x")
     assert repr(layers.Conv2D(1, 2, 3, algorithm="im2col")).endswith("algorithm='im2col')")
+
+
+@pytest.mark.parametrize(("algorithm", "constant"), [("toeplitz", "TOEPLITZ_BLOCK_BYTES"), ("im2col", "CONV_BLOCK_BYTES")])
+def test_inference_runs_in_blocks_of_the_set_size(backend, monkeypatch, algorithm, constant):
+    x, w, b, grad = conv_inputs(backend, 1, 6, 5, 1, 2, (28, 28))
+    whole, _ = conv_run(backend, x, w, b, 1, 2, grad, algorithm=algorithm)
+    monkeypatch.setattr(ops, constant, 1)  # below one image: one image per slice
+    blocked, cache = conv_run(backend, x, w, b, 1, 2, grad, algorithm=algorithm, inference=True)
+    assert cache[1] == 1
+    for got, want in zip(blocked, whole, strict=True):
+        np.testing.assert_allclose(got, want, rtol=backend.rtol * 10, atol=backend.rtol * 10)
+    _, cache = ops.conv2d_forward(x, w, b, 1, 2, algorithm=algorithm)  # training: the whole batch
+    assert cache[1] == 7
+
+
+def test_max_pool_backward_in_batch_blocks_is_exact(backend, monkeypatch):
+    rng = np.random.default_rng(4)
+    x = backend.asarray(np.round(rng.standard_normal((5, 3, 8, 8)) * 2) / 2)  # ties in many windows
+    out, cache = ops.maxpool2d_forward(x, 2)
+    grad = backend.asarray(rng.standard_normal(tuple(out.shape)))
+    whole = host(ops.maxpool2d_backward(grad, cache))
+    monkeypatch.setattr(ops, "POOL_BLOCK_BYTES", 1)  # one image per block
+    np.testing.assert_array_equal(host(ops.maxpool2d_backward(grad, cache)), whole)
+    monkeypatch.setattr(ops, "POOL_BLOCK_BYTES", 2 * 3 * 8 * 8 * 8)  # blocks of 2, 2 and 1 (float64) or 4 + 1
+    np.testing.assert_array_equal(host(ops.maxpool2d_backward(grad, cache)), whole)

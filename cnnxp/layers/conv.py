@@ -79,15 +79,11 @@ class Conv2D(Layer):
                 f"the layer has in_channels={self.in_channels}"
             )
         self._check_place(x)
-        # Training: strided columns, whole batch, kept for backward. Inference: the flat layout
-        # (faster forward, slower backward) in cache-sized slices of the batch (docs/performance.md).
-        if self.training:
-            flat, chunk_bytes = False, None
-        else:
-            flat, chunk_bytes = None, min(ops.CONV_BLOCK_BYTES, ops.CONV_CHUNK_BYTES)
+        # Training: the whole batch, its columns (or rows) kept for backward. Inference: cache-sized
+        # slices of the batch, and im2col's flat layout (docs/performance.md).
         out, self.cache = ops.conv2d_forward(
             x, self.params["weight"], self.params.get("bias"), self.stride, self.padding,
-            chunk_bytes=chunk_bytes, flat=flat, algorithm=self.algorithm,
+            flat=False if self.training else None, algorithm=self.algorithm, inference=not self.training,
         )
         return out
 

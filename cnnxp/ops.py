@@ -491,6 +491,7 @@ class ToeplitzCache(NamedTuple):
     padding: tuple
     out_size: tuple
     weight: Any
+    has_bias: bool  # the rows carry a column of ones for the bias
 
 
 def _conv_toeplitz_forward(x, weight, bias, stride, padding, out_size, chunk_bytes):
@@ -506,14 +507,22 @@ def _conv_toeplitz_forward(x, weight, bias, stride, padding, out_size, chunk_byt
     o, _, kh, kw = weight.shape
     (sh, sw), (ph, pw), (oh, ow) = stride, padding, out_size
     hp, wp = h + 2 * ph, w + 2 * pw
+    # The bias rides in the product: one more input column, all ones in channel 0, meets a
+    # weight row holding the bias (the column lies beyond every kernel window, so the
+    # Toeplitz rows there are zero). No pass over the output, and its gradient comes free.
+    ws = wp + (bias is not None)
     x_nhcw = xp.permute_dims(x, (0, 2, 1, 3))
-    if ph or pw:
-        src = xp.zeros((n, hp, c, wp), dtype=x.dtype, device=device_of(x))
+    if ws != w or hp != h:
+        src = xp.zeros((n, hp, c, ws), dtype=x.dtype, device=device_of(x))
         src[:, ph : ph + h, :, pw : pw + w] = x_nhcw
+        if bias is not None:
+            src[:, :, 0, wp] = 1.0
     else:
         src = x_nhcw
-    t = toeplitz_weight(weight, wp, ow, sw)
-    step = conv_chunk_size(kh * c * wp * oh * (xp.finfo(x.dtype).bits // 8), n, chunk_bytes)
+    t = toeplitz_weight(weight, ws, ow, sw)
+    if bias is not None:
+        t[wp, :] = xp.reshape(xp.broadcast_to(bias[:, None], (o, ow)), (o * ow,))
+    step = conv_chunk_size(kh * c * ws * oh * (xp.finfo(x.dtype).bits // 8), n, chunk_bytes)
     if step >= n:
         kept = _toeplitz_rows(src, kh, sh, oh)
         out = xp.reshape(kept @ t, (n, oh, o, ow))
@@ -524,21 +533,18 @@ def _conv_toeplitz_forward(x, weight, bias, stride, padding, out_size, chunk_byt
             stop = min(n, start + step)
             part = _toeplitz_rows(src[start:stop, ...], kh, sh, oh) @ t
             out[start:stop, ...] = xp.reshape(part, (stop - start, oh, o, ow))
-    if bias is not None:
-        out += xp.reshape(bias, (1, 1, o, 1))
-    cache = ToeplitzCache(kept, step, t, (n, c, h, w), stride, padding, out_size, weight)
+    cache = ToeplitzCache(kept, step, t, (n, c, h, w), stride, padding, out_size, weight, bias is not None)
     return xp.permute_dims(out, (0, 2, 1, 3)), cache
 
 
 def _conv_toeplitz_backward(grad_out, cache, need_input_grad):
     xp = array_namespace(grad_out)
-    kept, step, t, (n, c, h, w), (sh, sw), (ph, pw), (oh, ow), weight = cache
+    kept, step, t, (n, c, h, w), (sh, sw), (ph, pw), (oh, ow), weight, has_bias = cache
     o, _, kh, kw = weight.shape
     hp, wp = h + 2 * ph, w + 2 * pw
+    ws = wp + has_bias
     g = xp.reshape(xp.permute_dims(grad_out, (0, 2, 1, 3)), (n * oh, o * ow))
-    # Rows first (a contiguous reduction), then the few output columns of each channel.
-    grad_bias = xp.sum(xp.reshape(xp.sum(g, axis=0), (o, ow)), axis=1)
-    dsrc = xp.zeros((n, hp, c, wp), dtype=grad_out.dtype, device=device_of(grad_out)) if need_input_grad else None
+    dsrc = xp.zeros((n, hp, c, ws), dtype=grad_out.dtype, device=device_of(grad_out)) if need_input_grad else None
     t_t = xp.matrix_transpose(t)
     if step >= n:
         grad_t = xp.matrix_transpose(kept) @ g
@@ -553,7 +559,11 @@ def _conv_toeplitz_backward(grad_out, cache, need_input_grad):
             grad_t = part if grad_t is None else grad_t + part
             if need_input_grad:
                 _add_rows(dsrc[start:stop, ...], g_part @ t_t, kh, sh, oh)
-    grad_weight = toeplitz_weight_grad(grad_t, weight.shape, wp, ow, sw)
+    grad_weight = toeplitz_weight_grad(grad_t, weight.shape, ws, ow, sw)
+    if has_bias:  # the row of the ones column (see the forward)
+        grad_bias = xp.sum(xp.reshape(grad_t[wp, :], (o, ow)), axis=1)
+    else:  # rows first (a contiguous reduction), then the few output columns of each channel
+        grad_bias = xp.sum(xp.reshape(xp.sum(g, axis=0), (o, ow)), axis=1)
     if not need_input_grad:
         return None, grad_weight, grad_bias
     return xp.permute_dims(dsrc[:, ph : ph + h, :, pw : pw + w], (0, 2, 1, 3)), grad_weight, grad_bias

@@ -41,12 +41,17 @@ class Flatten(Layer):
     def forward(self, x):
         if getattr(x, "ndim", 0) < 2:
             raise ValueError(f"Flatten expected input with a batch axis (N, ...), got {tuple(x.shape)}")
-        self.cache = tuple(x.shape)
+        self.cache = x
         return array_namespace(x).reshape(x, (x.shape[0], -1))
 
     def backward(self, grad_out, need_input_grad=True):
         self._need_cache()
-        return array_namespace(grad_out).reshape(grad_out, self.cache)
+        xp = array_namespace(grad_out)
+        # Stored like the input (``empty_like`` keeps NumPy's and CuPy's memory order), so the
+        # layers below read gradient and cache in the same order (docs/performance.md).
+        grad_in = xp.empty_like(self.cache, dtype=grad_out.dtype)
+        grad_in[...] = xp.reshape(grad_out, tuple(self.cache.shape))
+        return grad_in
 
 
 class Softmax(Layer):

@@ -47,7 +47,7 @@ __all__ = [
     "CONV_CHUNK_BYTES",
     "CONV_BLOCK_BYTES",
     "TOEPLITZ_BLOCK_BYTES",
-    "POOL_BLOCK_BYTES",
+    "CACHE_BLOCK_BYTES",
     "conv_output_size",
     "pad2d",
     "window_slices",
@@ -81,9 +81,10 @@ CONV_BLOCK_BYTES = 4 * 2**20
 matrix product reads them, which is faster than one pass over a large matrix."""
 
 
-POOL_BLOCK_BYTES = 2**18
-"""Max-pool backward walks its windows over slices of the batch whose input is at most this
-many bytes, so the arrays of one slice stay in cache across the walk's passes (docs/performance.md)."""
+CACHE_BLOCK_BYTES = 2**18
+"""Work that makes several passes over the same arrays (the max-pool backward walk, the
+Toeplitz input gradient's row additions) runs over slices of the batch whose arrays are at
+most this many bytes, so a slice stays in cache between passes (docs/performance.md)."""
 
 
 TOEPLITZ_BLOCK_BYTES = 3 * 2**19
@@ -549,7 +550,11 @@ def _conv_toeplitz_backward(grad_out, cache, need_input_grad):
     if step >= n:
         grad_t = xp.matrix_transpose(kept) @ g
         if need_input_grad:
-            _add_rows(dsrc, g @ t_t, kh, sh, oh)
+            d_rows = g @ t_t
+            block = conv_chunk_size(hp * c * ws * (xp.finfo(grad_out.dtype).bits // 8), n, CACHE_BLOCK_BYTES)
+            for start in range(0, n, block):
+                stop = min(n, start + block)
+                _add_rows(dsrc[start:stop, ...], d_rows[start * oh : stop * oh, ...], kh, sh, oh)
     else:
         grad_t = None
         for start in range(0, n, step):
@@ -673,7 +678,7 @@ def maxpool2d_backward(grad_out, cache):
     xpad, out = saved
     n = padded_shape[0]
     per_image = _size(padded_shape[1:]) * (xp.finfo(grad_out.dtype).bits // 8)
-    step = conv_chunk_size(per_image, n, POOL_BLOCK_BYTES)
+    step = conv_chunk_size(per_image, n, CACHE_BLOCK_BYTES)
     for start in range(0, n, step):
         stop = min(n, start + step)
         # Walk the window in row-major order; the first input equal to the maximum takes the

@@ -265,7 +265,16 @@ def test_max_pool_backward_in_batch_blocks_is_exact(backend, monkeypatch):
     out, cache = ops.maxpool2d_forward(x, 2)
     grad = backend.asarray(rng.standard_normal(tuple(out.shape)))
     whole = host(ops.maxpool2d_backward(grad, cache))
-    monkeypatch.setattr(ops, "POOL_BLOCK_BYTES", 1)  # one image per block
+    monkeypatch.setattr(ops, "CACHE_BLOCK_BYTES", 1)  # one image per block
     np.testing.assert_array_equal(host(ops.maxpool2d_backward(grad, cache)), whole)
-    monkeypatch.setattr(ops, "POOL_BLOCK_BYTES", 2 * 3 * 8 * 8 * 8)  # blocks of 2, 2 and 1 (float64) or 4 + 1
+    monkeypatch.setattr(ops, "CACHE_BLOCK_BYTES", 2 * 3 * 8 * 8 * 8)  # blocks of 2, 2 and 1 (float64) or 4 + 1
     np.testing.assert_array_equal(host(ops.maxpool2d_backward(grad, cache)), whole)
+
+
+def test_toeplitz_input_gradient_in_batch_blocks_matches(backend, monkeypatch):
+    x, w, b, grad = conv_inputs(backend, 6, 16, 5, 1, 0, (14, 14))
+    whole, _ = conv_run(backend, x, w, b, 1, 0, grad, algorithm="toeplitz")
+    monkeypatch.setattr(ops, "CACHE_BLOCK_BYTES", 1)  # one image per block of row additions
+    blocked, _ = conv_run(backend, x, w, b, 1, 0, grad, algorithm="toeplitz")
+    for got, want in zip(blocked, whole, strict=True):
+        np.testing.assert_array_equal(got, want)  # the same additions in the same order

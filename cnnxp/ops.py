@@ -628,7 +628,8 @@ def maxpool2d_forward(x, kernel_size, stride=None, padding=0, fast=None):
     cheaper than stacking every window and keeping an ``argmax``; overlapping
     windows take the general stacked path. ``fast=True`` / ``False`` forces one
     (both give identical results for finite inputs; a window holding NaN outputs
-    NaN on both, but the fast path then sends that window no gradient).
+    NaN on both, but the fast path then sends that window's gradient to its last
+    element, where PyTorch sends it to the NaN).
 
     Returns ``(out, cache)``.
     """
@@ -688,10 +689,11 @@ def maxpool2d_backward(grad_out, cache):
         x_b, out_b, dx_b = xpad[block, ...], out[block, ...], dx[block, ...]
         remaining = grad_out[block, ...]
         for k, (si, sj) in enumerate(slices):
-            hit = xp.astype(x_b[:, :, si, sj] == out_b, grad_out.dtype)
-            part = remaining * hit
             if k + 1 < len(slices):
+                part = remaining * xp.astype(x_b[:, :, si, sj] == out_b, grad_out.dtype)
                 remaining = remaining - part
+            else:  # no earlier element was the maximum, so this one is (for finite inputs)
+                part = remaining
             dx_b[:, :, si, sj] = dx_b[:, :, si, sj] + part if overlapping else part
     return _unpad(dx, padding)
 

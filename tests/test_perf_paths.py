@@ -278,3 +278,11 @@ def test_toeplitz_input_gradient_in_batch_blocks_matches(backend, monkeypatch):
     blocked, _ = conv_run(backend, x, w, b, 1, 0, grad, algorithm="toeplitz")
     for got, want in zip(blocked, whole, strict=True):
         np.testing.assert_array_equal(got, want)  # the same additions in the same order
+
+
+def test_fast_max_pool_sends_a_nan_windows_gradient_to_its_last_element():
+    x = np.array([[[[1.0, np.nan], [3.0, 2.0]]]])
+    out, cache = ops.maxpool2d_forward(x, 2, fast=True)
+    assert np.isnan(out).all()
+    dx = ops.maxpool2d_backward(np.ones_like(out), cache)
+    np.testing.assert_array_equal(dx, [[[[0.0, 0.0], [0.0, 1.0]]]])

@@ -442,6 +442,14 @@ def _toeplitz_work(out_channels: int, padded_width: int, kernel_width: int) -> f
     return 2 * out_channels * padded_width / kernel_width
 
 
+def _toeplitz_selector(xp, dtype, device, padded_width: int, out_width: int, stride_w: int, kw: int):
+    """``S[(w, x), j] = 1`` where input column ``w`` is kernel column ``j`` of output column ``x``."""
+    w = xp.reshape(xp.arange(padded_width, device=device), (padded_width, 1, 1))
+    x = xp.reshape(xp.arange(out_width, device=device), (1, out_width, 1))
+    j = xp.reshape(xp.arange(kw, device=device), (1, 1, kw))
+    return xp.reshape(xp.astype(w == x * stride_w + j, dtype), (padded_width * out_width, kw))
+
+
 def toeplitz_weight(weight, padded_width: int, out_width: int, stride_w: int):
     """The weight as a ``(kh*C*Wp, O*out_w)`` matrix: row ``(i, c, w)``, column ``(o, x)`` holds
     ``weight[o, c, i, w - x*stride_w]`` where that offset lies in the kernel, else 0.
@@ -459,15 +467,18 @@ def toeplitz_weight(weight, padded_width: int, out_width: int, stride_w: int):
 
 
 def toeplitz_weight_grad(grad_t, weight_shape, padded_width: int, out_width: int, stride_w: int):
-    """Adjoint of `toeplitz_weight`: sum each kernel offset's entries of a ``(kh*C*Wp, O*out_w)`` gradient."""
+    """Adjoint of `toeplitz_weight`: sum each kernel offset's entries of a ``(kh*C*Wp, O*out_w)`` gradient.
+
+    The sums over output columns are one small product with the 0/1 selector
+    ``S[(w, x), j]`` (faster than a reduction over a strided axis).
+    """
     xp = array_namespace(grad_t)
     o, c, kh, kw = weight_shape
-    wp, ow, sw = padded_width, out_width, stride_w
-    rows = xp.permute_dims(xp.reshape(grad_t, (kh, c, wp, o, ow)), (0, 1, 3, 4, 2))  # (kh, c, o, ow, wp)
-    flat = xp.zeros((kh, c, o, ow * (wp + sw)), dtype=grad_t.dtype, device=device_of(grad_t))
-    flat[:, :, :, : ow * wp] = xp.reshape(rows, (kh, c, o, ow * wp))
-    taps = xp.reshape(flat, (kh, c, o, ow, wp + sw))[:, :, :, :, :kw]
-    return xp.permute_dims(xp.sum(taps, axis=3), (2, 1, 0, 3))
+    wp, ow = padded_width, out_width
+    sel = _toeplitz_selector(xp, grad_t.dtype, device_of(grad_t), wp, ow, stride_w, kw)
+    per_kernel_row = xp.permute_dims(xp.reshape(grad_t, (kh, c, wp, o, ow)), (0, 1, 3, 2, 4))  # (kh, c, o, wp, ow)
+    taps = xp.reshape(xp.reshape(per_kernel_row, (kh * c * o, wp * ow)) @ sel, (kh, c, o, kw))
+    return xp.permute_dims(taps, (2, 1, 0, 3))
 
 
 def _toeplitz_rows(src, kh: int, sh: int, oh: int):

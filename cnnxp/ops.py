@@ -495,7 +495,8 @@ def _toeplitz_rows(src, kh: int, sh: int, oh: int):
 class ToeplitzCache(NamedTuple):
     """What the Toeplitz path keeps for backward (the first two fields as in the im2col cache)."""
 
-    kept: Any  # the rows matrix (N*out_h, kh*C*Wp), or the padded input (N, Hp, C, Wp) when sliced
+    kept: Any  # the rows matrix (N*out_h, kh*C*Ws), or the padded input (N, Hp, C, Ws) when sliced;
+    # Ws is the padded width Wp, plus one column of ones when there is a bias
     step: int  # images per slice
     weight_matrix: Any
     in_shape: tuple

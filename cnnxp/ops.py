@@ -6,8 +6,16 @@ and any other conforming library. Forward functions return ``(out, cache)``;
 backward functions take ``(grad_out, cache)`` and return the gradients, so the
 math can be tested without any layer class.
 
-Layout notes
-------------
+Two convolution algorithms
+--------------------------
+``im2col`` (below) builds one column per output position; the row-Toeplitz form
+(`toeplitz_weight`, `conv2d_forward(algorithm=...)`) builds one row per output row and
+multiplies it by a Toeplitz matrix of the weights, stored ``(N, H, C, W)``. The second does
+more arithmetic in a better-shaped product; ``algorithm="auto"`` picks it for narrow,
+few-channel layers (`TOEPLITZ_MAX_WORK`). docs/performance.md explains both.
+
+Layout notes (im2col)
+---------------------
 Convolution works on a channels-first view of the batch, ``(C, N, H, W)``,
 obtained with ``permute_dims`` (a view, no copy). Stacking one strided slice
 per kernel offset along axis 1 gives ``(C, kh*kw, N, out_h, out_w)``, which
@@ -18,7 +26,8 @@ one matrix product, ``(O, C*kh*kw) @ (C*kh*kw, N*L)``, and its result, viewed as
 When the next convolution permutes that view back to channels-first, it gets a
 contiguous array again: the layout flows through the network without copies.
 Backward functions keep that order: they allocate their gradients channels-first
-and return the NCHW view, so the convolution below gets a contiguous gradient too.
+(pooling: like its input, whichever order that is) and return the NCHW view, so the
+convolution below gets a contiguous gradient too.
 
 Stride-1 convolutions can also cut their columns from flattened rows (see
 `_ConvGeometry`): longer contiguous copies, a slightly wider matrix. Conv2D uses

@@ -272,8 +272,7 @@ def _train_config(args, checkpoint: Checkpoint | None) -> dict[str, Any]:
     if checkpoint is None:
         config = {**DEFAULTS, **given, "dataset": args.dataset}
     else:
-        saved = checkpoint.config
-        saved = {**OLDER_DEFAULTS, **saved}
+        saved = {**OLDER_DEFAULTS, **checkpoint.config}
         if "augment" in saved:
             try:
                 saved["augment"] = _augment_spec(saved["augment"])

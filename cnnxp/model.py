@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from . import backend
@@ -66,9 +67,8 @@ class Sequential:
         bit, while the ReLU works on a quarter of the values.
         """
         backend.check_input(x, self.device, "the model")
-        self._order = _execution_order(self.layers)
         with self.device.activate():
-            for i in self._order:
+            for i in _execution_order(self.layers):
                 x = self.layers[i].forward(x)
         return x
 
@@ -80,7 +80,7 @@ class Sequential:
         Returns dL/d input, or None with ``need_input_grad=False``, which lets the
         first layer skip computing it (training never needs it).
         """
-        order = getattr(self, "_order", None) or _execution_order(self.layers)
+        order = _execution_order(self.layers)
         with self.device.activate():
             for k in range(len(order) - 1, -1, -1):
                 grad_out = self.layers[order[k]].backward(grad_out, need_input_grad=need_input_grad or k > 0)
@@ -126,7 +126,7 @@ class Sequential:
     def num_parameters(self) -> int:
         total = 0
         for _, layer, name in self.named_parameters():
-            total += _size(layer.params[name].shape)
+            total += math.prod(layer.params[name].shape)
         return total
 
     # -- state ----------------------------------------------------------------------
@@ -186,7 +186,7 @@ class Sequential:
         rows = [("layer", "output shape", "params")]
         for i, layer in enumerate(self.layers):
             shape = layer.output_shape(shape)
-            count = sum(_size(v.shape) for v in layer.params.values())
+            count = sum(math.prod(v.shape) for v in layer.params.values())
             rows.append((f"{i}: {layer!r}", str(("N", *shape[1:])).replace("'", ""), f"{count:,}"))
         widths = [max(len(r[c]) for r in rows) for c in range(3)]
         line = "-" * (sum(widths) + 4)
@@ -199,9 +199,3 @@ class Sequential:
         inner = "\n".join(f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
         return f"Sequential(device={self.device.name!r},\n{inner}\n)"
 
-
-def _size(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n

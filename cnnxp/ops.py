@@ -47,6 +47,7 @@ and non-overlapping windows write their gradient instead of accumulating it.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 from array_api_compat import array_namespace
@@ -63,6 +64,8 @@ __all__ = [
     "im2col",
     "col2im",
     "conv_chunk_size",
+    "CONV_ALGORITHMS",
+    "check_conv_algorithm",
     "TOEPLITZ_MAX_WORK",
     "toeplitz_weight",
     "toeplitz_weight_grad",
@@ -340,11 +343,10 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, chunk_bytes=None, 
         conv_output_size(h, kh, stride[0], padding[0]),
         conv_output_size(w, kw, stride[1], padding[1]),
     )
-    if algorithm not in ("auto", "im2col", "toeplitz"):
-        raise ValueError(f"algorithm must be 'auto', 'im2col' or 'toeplitz', got {algorithm!r}")
+    check_conv_algorithm(algorithm)
     if algorithm == "auto":
-        padded_w = w + 2 * padding[1]
-        algorithm = "toeplitz" if _toeplitz_work(o, padded_w, kw) <= TOEPLITZ_MAX_WORK and not flat else "im2col"
+        work = 2 * o * (w + 2 * padding[1]) / kw  # see TOEPLITZ_MAX_WORK
+        algorithm = "toeplitz" if work <= TOEPLITZ_MAX_WORK and not flat else "im2col"
     limit = CONV_CHUNK_BYTES if chunk_bytes is None else int(chunk_bytes)
     if algorithm == "toeplitz":
         if flat:
@@ -440,15 +442,21 @@ def conv2d_backward(grad_out, cache, need_input_grad=True):
     return xp.permute_dims(geo.crop(xp, dsrc), (1, 0, 2, 3)), grad_weight, grad_bias
 
 
+CONV_ALGORITHMS = ("auto", "im2col", "toeplitz")
+
+
+def check_conv_algorithm(algorithm, owner: str = "") -> None:
+    """ValueError unless ``algorithm`` is one of `CONV_ALGORITHMS` (``owner`` prefixes the message)."""
+    if algorithm not in CONV_ALGORITHMS:
+        prefix = f"{owner} " if owner else ""
+        raise ValueError(f"{prefix}algorithm must be 'auto', 'im2col' or 'toeplitz', got {algorithm!r}")
+
+
 TOEPLITZ_MAX_WORK = 128
 """`conv2d_forward`'s ``algorithm="auto"`` takes the row-Toeplitz path when ``2 * out_channels *
 padded_width / kernel_width`` is at most this: the Toeplitz product does ``padded_width /
 kernel_width`` times im2col's arithmetic, which pays only while im2col's thin product is bound
 by memory (few output channels, narrow images, as in LeNet-5). See docs/performance.md."""
-
-
-def _toeplitz_work(out_channels: int, padded_width: int, kernel_width: int) -> float:
-    return 2 * out_channels * padded_width / kernel_width
 
 
 def _toeplitz_selector(xp, dtype, device, padded_width: int, out_width: int, stride_w: int, kw: int):
@@ -624,7 +632,7 @@ def _unpad(dx, padding):
     return dx[:, :, ph : dx.shape[2] - ph, pw : dx.shape[3] - pw]
 
 
-def _empty_like_cnhw(xp, shape, like, fill_zero, layout=None):
+def _grad_buffer(xp, shape, like, fill_zero, layout=None):
     """A new (N, C, H, W) array for an input gradient.
 
     Stored like ``layout`` (the layer's input, where it has this shape: libraries such as NumPy
@@ -689,7 +697,7 @@ def maxpool2d_backward(grad_out, cache):
     path, saved, padded_shape, kernel, stride, padding, out_size = cache
     slices = window_slices(kernel, stride, out_size)
     overlapping = not _disjoint(kernel, stride)
-    dx = _empty_like_cnhw(xp, padded_shape, grad_out,
+    dx = _grad_buffer(xp, padded_shape, grad_out,
                           fill_zero=not _tiles(padded_shape[2:], kernel, stride, out_size) or overlapping,
                           layout=saved[0] if path == "first-max" else None)
     if path == "windows":
@@ -699,7 +707,7 @@ def maxpool2d_backward(grad_out, cache):
         return _unpad(dx, padding)
     xpad, out = saved
     n = padded_shape[0]
-    per_image = _size(padded_shape[1:]) * (xp.finfo(grad_out.dtype).bits // 8)
+    per_image = math.prod(padded_shape[1:]) * (xp.finfo(grad_out.dtype).bits // 8)
     step = conv_chunk_size(per_image, n, CACHE_BLOCK_BYTES)
     for start in range(0, n, step):
         stop = min(n, start + step)
@@ -717,13 +725,6 @@ def maxpool2d_backward(grad_out, cache):
                 part = remaining
             dx_b[:, :, si, sj] = dx_b[:, :, si, sj] + part if overlapping else part
     return _unpad(dx, padding)
-
-
-def _size(shape) -> int:
-    size = 1
-    for d in shape:
-        size *= int(d)
-    return size
 
 
 def avgpool2d_forward(x, kernel_size, stride=None, padding=0):
@@ -747,7 +748,7 @@ def avgpool2d_backward(grad_out, cache):
     slices = window_slices(kernel, stride, out_size)
     share = grad_out / float(len(slices))
     overlapping = not _disjoint(kernel, stride)
-    dx = _empty_like_cnhw(xp, padded_shape, grad_out,
+    dx = _grad_buffer(xp, padded_shape, grad_out,
                           fill_zero=not _tiles(padded_shape[2:], kernel, stride, out_size) or overlapping)
     for si, sj in slices:
         dx[:, :, si, sj] = dx[:, :, si, sj] + share if overlapping else share

@@ -37,8 +37,7 @@ class Conv2D(Layer):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
                  init="he", seed=None, algorithm="auto"):
         super().__init__()
-        if algorithm not in ("auto", "im2col", "toeplitz"):
-            raise ValueError(f"Conv2D algorithm must be 'auto', 'im2col' or 'toeplitz', got {algorithm!r}")
+        ops.check_conv_algorithm(algorithm, "Conv2D")
         self.algorithm = algorithm
         for label, value in (("in_channels", in_channels), ("out_channels", out_channels)):
             if not isinstance(value, int) or value < 1:

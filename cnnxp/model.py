@@ -198,4 +198,3 @@ class Sequential:
     def __repr__(self) -> str:
         inner = "\n".join(f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
         return f"Sequential(device={self.device.name!r},\n{inner}\n)"
-

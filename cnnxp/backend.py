@@ -135,7 +135,8 @@ def get_device(device: Any = "cpu", xp: ModuleType | None = None) -> Device:
     ----------
     device : str, Device or a native device object
         ``"cpu"``, ``"cuda"``, ``"cuda:N"``; a `Device`; or, together with ``xp``,
-        any Array API library's device object (e.g. ``array_api_strict.Device("device1")``).
+        any Array API library's device object (e.g. ``array_api_strict.Device("device1")``;
+        a ``cupy.cuda.Device(N)`` with ``cupy`` gives the same device as ``"cuda:N"``).
     xp : module, optional
         The array namespace the native ``device`` belongs to.
 
@@ -148,6 +149,10 @@ def get_device(device: Any = "cpu", xp: ModuleType | None = None) -> Device:
     """
     if isinstance(device, Device):
         return device
+    if xp is not None and array_api_compat.is_cupy_namespace(xp):
+        # CuPy itself or its wrapped namespace, with a cupy.cuda.Device (or its index): the same
+        # Device as "cuda:N", which enters its GPU's context (see `Device.activate`).
+        return _cuda_device(int(getattr(device, "id", device)))
     if xp is not None:
         xp = array_api_compat.array_namespace(xp.asarray(0, device=device))
         return Device(str(device), xp, device)

@@ -171,16 +171,17 @@ def _num_classes(model) -> int | None:
     return None
 
 
-def _checked_once(model, loader, label_smoothing: float = 0.0):
+def _checked_once(model, loader, label_smoothing: float = 0.0, classes: int | None = None, what: str = "training"):
     """The loss without its per-batch label check (a device-to-host read each batch), after
     checking the loader's labels once; loaders that cannot tell their labels keep the check."""
     label_smoothing = check_label_smoothing(label_smoothing)  # before any training, not at the first batch
-    classes, label_range = _num_classes(model), getattr(loader, "label_range", None)
+    classes = classes or _num_classes(model)
+    label_range = getattr(loader, "label_range", None)
     if classes is None or label_range is None:
         return functools.partial(softmax_cross_entropy, label_smoothing=label_smoothing)
     low, high = label_range
     if low < 0 or high >= classes:
-        raise ValueError(f"the training labels run from {low} to {high}, but the model has {classes} classes: "
+        raise ValueError(f"the {what} labels run from {low} to {high}, but the model has {classes} classes: "
                          f"labels must be class indices in [0, {classes})")
     return functools.partial(softmax_cross_entropy, check_labels=False, label_smoothing=label_smoothing)
 
@@ -278,30 +279,33 @@ def fit(
         last_shown = 0.0
         start = time.perf_counter()
         try:
-            for x, y in train_loader:
-                if lr_schedule is not None:
-                    optimizer.lr = lr_schedule(step, steps_per_epoch, epochs)
-                logits = model(x)
-                loss, grad = loss_fn(logits, y)
-                model.backward(grad, need_input_grad=False)
-                optimizer.step()
-                step += 1
-                batch = int(y.shape[0])
-                seen += batch
-                batch_loss = loss * batch
-                batch_correct = _correct(xp, logits, y)
-                loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
-                correct = batch_correct if correct is None else correct + batch_correct
-                if bar is not None:
-                    bar.update(1)
-                    now = time.perf_counter()
-                    if now - last_shown >= 0.5 or bar.n == steps_per_epoch:
-                        last_shown = now
-                        values = to_numpy(xp.stack([xp.astype(loss_sum, xp.float32),
-                                                    xp.astype(correct, xp.float32)]))
-                        bar.set_postfix_str(
-                            f"loss {values[0] / seen:.4f} acc {100 * values[1] / seen:.2f}% "
-                            f"{seen / (now - start):,.0f} img/s", refresh=False)
+            # The loss and the running sums are made here, outside the model's own calls: on CuPy,
+            # new arrays go to the current GPU, so the model's device is made current for them.
+            with model.device.activate():
+                for x, y in train_loader:
+                    if lr_schedule is not None:
+                        optimizer.lr = lr_schedule(step, steps_per_epoch, epochs)
+                    logits = model(x)
+                    loss, grad = loss_fn(logits, y)
+                    model.backward(grad, need_input_grad=False)
+                    optimizer.step()
+                    step += 1
+                    batch = int(y.shape[0])
+                    seen += batch
+                    batch_loss = loss * batch
+                    batch_correct = _correct(xp, logits, y)
+                    loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
+                    correct = batch_correct if correct is None else correct + batch_correct
+                    if bar is not None:
+                        bar.update(1)
+                        now = time.perf_counter()
+                        if now - last_shown >= 0.5 or bar.n == steps_per_epoch:
+                            last_shown = now
+                            values = to_numpy(xp.stack([xp.astype(loss_sum, xp.float32),
+                                                        xp.astype(correct, xp.float32)]))
+                            bar.set_postfix_str(
+                                f"loss {values[0] / seen:.4f} acc {100 * values[1] / seen:.2f}% "
+                                f"{seen / (now - start):,.0f} img/s", refresh=False)
         finally:
             if bar is not None:
                 bar.close()
@@ -340,6 +344,8 @@ def evaluate(model, loader, *, loss_fn=softmax_cross_entropy, num_classes: int |
     """
     xp = model.device.xp
     k = num_classes or _num_classes(model)
+    if loss_fn is softmax_cross_entropy:  # labels checked once here, not read back every batch
+        loss_fn = _checked_once(model, loader, classes=k, what="evaluation")
     was_training = model.training
     model.eval()
     loss_sum = confusion = None
@@ -401,12 +407,13 @@ def predict(model, x, batch_size: int | None = None):
     was_training = model.training
     model.eval()
     try:
-        outs = [model(x[i:i + step, ...]) for i in range(0, n, max(step, 1))]
+        with model.device.activate():
+            outs = [model(x[i:i + step, ...]) for i in range(0, n, max(step, 1))]
+            logits = outs[0] if len(outs) == 1 else xp.concat(outs)
+            probs = ops.softmax(logits, axis=1)
+            return xp.argmax(probs, axis=1), probs
     finally:
         model.train(was_training)
-    logits = outs[0] if len(outs) == 1 else xp.concat(outs)
-    probs = ops.softmax(logits, axis=1)
-    return xp.argmax(probs, axis=1), probs
 
 
 # -- checkpoints -------------------------------------------------------------------------

@@ -62,6 +62,17 @@ def test_cuda_index_out_of_range(monkeypatch):
         cnnxp.get_device("cuda:3")
 
 
+def test_native_cupy_device_is_the_cuda_device(monkeypatch):
+    """A cupy.cuda.Device passed with the cupy namespace resolves like "cuda:N" (same checks, same
+    name, so the model enters that GPU's context), not as a foreign library's device."""
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(1))
+    fake_namespace = types.ModuleType("cupy")
+    with pytest.raises(cnnxp.DeviceUnavailableError, match=r"'cuda:3' does not exist: this machine has 1 GPU"):
+        cnnxp.get_device(types.SimpleNamespace(id=3), xp=fake_namespace)
+    with pytest.raises(cnnxp.DeviceUnavailableError, match=r"'cuda:2' does not exist"):
+        cnnxp.get_device(2, xp=fake_namespace)
+
+
 def test_import_does_not_touch_cuda():
     code = "import sys, cnnxp, cnnxp.data; print('cupy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -233,6 +233,15 @@ def test_fit_checks_the_labels_once_against_the_model():
         T.fit(model, SGD(model, lr=0.1), loader, epochs=1, progress=False, log=None)
 
 
+def test_evaluate_checks_the_labels_once_against_the_model():
+    """evaluate checks its loader's labels before the first batch (no read-back per batch)."""
+    model = models.lenet5(seed=0)
+    images = np.zeros((8, 28, 28), np.uint8)
+    loader = DataLoader(images, np.array([0, 1, 2, 3, 4, 5, 6, 12]), batch_size=4, shuffle=False)
+    with pytest.raises(ValueError, match=r"the evaluation labels run from 0 to 12, but the model has 10 classes"):
+        T.evaluate(model, loader)
+
+
 # --- label smoothing ------------------------------------------------------------------------------
 
 

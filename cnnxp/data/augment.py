@@ -131,9 +131,11 @@ class RandomAffine:
         yy = xp.reshape(xp.arange(h, dtype=xp.float32, device=dev) - cy, (1, h, 1)) - ty
         xx = xp.reshape(xp.arange(w, dtype=xp.float32, device=dev) - cx, (1, 1, w)) - tx
         # Its source position, in the image padded by one background pixel (beyond it: background too).
-        # (Terms are grouped so that only one sum per coordinate runs over every pixel.)
-        sy = xp.clip(sin * xx + (cos * yy + (cy + 1)), 0, h + 1)
-        sx = xp.clip(cos * xx + ((cx + 1) - sin * yy), 0, w + 1)
+        # (Terms are grouped so that only one sum per coordinate runs over every pixel. The clamp is
+        # minimum/maximum, not clip: array-api-compat's clip for CuPy uses boolean-mask assignments,
+        # each of which reads a count back from the GPU.)
+        sy = xp.minimum(xp.maximum(sin * xx + (cos * yy + (cy + 1)), 0.0), float(h + 1))
+        sx = xp.minimum(xp.maximum(cos * xx + ((cx + 1) - sin * yy), 0.0), float(w + 1))
         y0 = xp.minimum(xp.floor(sy), float(h))
         x0 = xp.minimum(xp.floor(sx), float(w))
         fy, fx = sy - y0, sx - x0

@@ -149,22 +149,29 @@ class DataLoader:
         return self._batches(order)
 
     def _batches(self, order: np.ndarray | None) -> Iterator[tuple[Any, Any]]:
-        xp = self.device.xp
         for b in range(len(self)):
-            start = b * self.batch_size
-            stop = min(start + self.batch_size, self.num_samples)
-            if order is None:
-                images = self._images[start:stop, ...]
-                labels = self._labels[start:stop]
-            else:
-                index = to_device(order[start:stop], self.device)
-                images = xp.take(self._images, index, axis=0)
-                labels = xp.take(self._labels, index, axis=0)
-            # Cast before any arithmetic: uint8 would wrap.
-            pixels = xp.astype(images, xp.float32)
-            if self.augment is not None:
-                pixels = self.augment(pixels, self._rng)
-            yield (pixels / 255.0 - NORMALIZE_MEAN) / NORMALIZE_STD, labels
+            # Each batch is made inside the device's context (CuPy allocates on the current GPU,
+            # whatever device= says), and the context is left before the batch is handed out.
+            with self.device.activate():
+                batch = self._batch(b, order)
+            yield batch
+
+    def _batch(self, b: int, order: np.ndarray | None) -> tuple[Any, Any]:
+        xp = self.device.xp
+        start = b * self.batch_size
+        stop = min(start + self.batch_size, self.num_samples)
+        if order is None:
+            images = self._images[start:stop, ...]
+            labels = self._labels[start:stop]
+        else:
+            index = to_device(order[start:stop], self.device)
+            images = xp.take(self._images, index, axis=0)
+            labels = xp.take(self._labels, index, axis=0)
+        # Cast before any arithmetic: uint8 would wrap.
+        pixels = xp.astype(images, xp.float32)
+        if self.augment is not None:
+            pixels = self.augment(pixels, self._rng)
+        return (pixels / 255.0 - NORMALIZE_MEAN) / NORMALIZE_STD, labels
 
     def state_dict(self) -> dict[str, Any]:
         """The epoch counter and the shuffling generator's state, as values an npz stores without pickle.

@@ -6,7 +6,10 @@ momentum) and inference (forward in eval mode) in images per second: warm-up
 rounds first, then several timed rounds, reported as median and min-max. The
 same architecture in PyTorch (when installed) runs on the same device, batch
 and optimizer, with ``torch.set_num_threads`` equal to NumPy's BLAS thread
-count. cnnxp and PyTorch rounds alternate, so background load hits both alike.
+count. Each library runs in a worker process of its own (as it would for a user):
+in one shared process, whichever runs second works in the heap and thread pools the
+first left behind, which cost PyTorch up to a third of its speed here. The parent
+alternates the workers' rounds, so background load hits both alike.
 
 The per-image loop version is written here as a teaching notebook would write
 it: pure NumPy with Python loops over filters and output positions, one image
@@ -49,6 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=7, help="timed rounds per measurement (median, min-max)")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     p.add_argument("--round-seconds", type=float, default=0.5, help="approximate length of one round")
+    p.add_argument("--pause", type=float, default=0.2,
+                   help="seconds between rounds, so the idle library's threads stop spinning (default 0.2)")
     p.add_argument("--loop-images", type=int, default=300, help="images for the per-image loop version")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch")
     p.add_argument("--no-loop", action="store_true", help="skip the per-image loop version")
@@ -62,9 +67,15 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="a short run: 3 rounds of ~0.2 s, 100 loop images")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    unknown = [m for m in args.models.split(",") if m not in ("seed", "lenet5")]
+    if unknown:
+        p.error(f"--models takes seed and/or lenet5 (comma-separated), got {', '.join(map(repr, unknown))}")
+    if not all(b.strip().isdigit() and int(b) > 0 for b in args.batch_sizes.split(",")):
+        p.error(f"--batch-sizes takes positive integers (comma-separated), got {args.batch_sizes!r}")
     if args.quick:
-        args.rounds, args.warmup, args.round_seconds, args.loop_images = 3, 1, 0.2, 100
+        args.rounds, args.warmup, args.round_seconds, args.loop_images, args.pause = 3, 1, 0.2, 100, 0.1
     return args
 
 
@@ -307,26 +318,82 @@ def calibrate(step, sync, seconds: float) -> int:
     return max(1, int(seconds / once))
 
 
-def time_interleaved(contenders: dict, batch: int, args) -> dict[str, list[float]]:
-    """Images per second of each contender's step, with their rounds alternating."""
+class Worker:
+    """One contender in a process of its own, driven line by line over a pipe (JSON requests and replies).
+
+    Separate processes keep each library's timings free of the other's heap and threads: in one
+    process, PyTorch after cnnxp ran at 10-14k img/s (LeNet-5, batch 64, training) against 14-17k alone.
+    """
+
+    def __init__(self, framework: str, device: str, threads: int | None):
+        self.name = f"{framework} on {device}"
+        cmd = [sys.executable, os.path.abspath(__file__), "--_worker", f"{framework},{device}"]
+        if threads is not None:
+            cmd += ["--threads", str(threads)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def call(self, **request):
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the {self.name} worker exited (status {self.proc.wait()}); its error is above")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(f"the {self.name} worker failed: {reply['error']}")
+        return reply
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def serve(spec: str) -> None:
+    """The worker side (``--_worker framework,device``): set up a configuration, calibrate, run rounds."""
+    framework, device = spec.split(",")
+    if framework == "torch":
+        load_torch().set_num_threads(blas_threads())
+    runner = step = None
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            if request["op"] == "setup":
+                runner = (CnnxpRunner if framework == "cnnxp" else TorchRunner)(
+                    request["model"], request["batch"], device)
+                step = getattr(runner, f"{request['mode']}_step")
+                reply = {}
+            elif request["op"] == "calibrate":
+                reply = {"steps": calibrate(step, runner.sync, request["seconds"])}
+            else:  # "run": one timed round
+                runner.sync()
+                start = time.perf_counter()
+                for _ in range(request["steps"]):
+                    step()
+                runner.sync()
+                reply = {"seconds": time.perf_counter() - start}
+        except Exception as exc:  # reported to the parent, which stops with the message
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        print(json.dumps(reply), flush=True)
+
+
+def time_interleaved(workers: dict, config: dict, args) -> dict[str, list[float]]:
+    """Images per second of each worker's step for ``config``, with their rounds alternating."""
     steps = {}
-    for name, (step, sync) in contenders.items():
+    for name, worker in workers.items():
+        worker.call(op="setup", **config)
         for _ in range(args.warmup):
-            n = calibrate(step, sync, args.round_seconds)
-            for _ in range(n):
-                step()
-            sync()
-        steps[name] = calibrate(step, sync, args.round_seconds)
-    rates: dict[str, list[float]] = {name: [] for name in contenders}
+            worker.call(op="run", steps=worker.call(op="calibrate", seconds=args.round_seconds)["steps"])
+        steps[name] = worker.call(op="calibrate", seconds=args.round_seconds)["steps"]
+    rates: dict[str, list[float]] = {name: [] for name in workers}
     for _ in range(args.rounds):
-        for name, (step, sync) in contenders.items():
-            n = steps[name]
-            sync()
-            start = time.perf_counter()
-            for _ in range(n):
-                step()
-            sync()
-            rates[name].append(n * batch / (time.perf_counter() - start))
+        for name, worker in workers.items():
+            time.sleep(args.pause)
+            seconds = worker.call(op="run", steps=steps[name])["seconds"]
+            rates[name].append(steps[name] * config["batch"] / seconds)
     return rates
 
 
@@ -429,17 +496,15 @@ def main(args) -> int:
     if args._child:
         child_memory(args._child)
         return 0
+    if args._worker:
+        serve(args._worker)
+        return 0
     threads = blas_threads()
-    use_torch = not args.no_torch and load_torch() is not None
-    if use_torch:
-        torch.set_num_threads(threads)
-    if use_torch and args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("PyTorch has no CUDA here: skipping the PyTorch column", file=sys.stderr)
-        use_torch = False
+    use_torch = not args.no_torch and _torch_status(args.device)
     cnnxp.get_device(args.device)  # fail early with cnnxp's message if the device is unavailable
     meta = {
         "device": args.device, "device_name": device_label(args.device), "threads": threads,
-        "numpy": np.__version__, "torch": torch.__version__ if use_torch else None,
+        "numpy": np.__version__, "torch": use_torch or None,
         "python": platform.python_version(), "load_average_before": load_average(),
         "rounds": args.rounds, "warmup": args.warmup, "round_seconds": args.round_seconds,
         "optimizer": f"SGD(lr={LR}, momentum={MOMENTUM})",
@@ -454,42 +519,26 @@ def main(args) -> int:
                 "infer": summary(time_loop(args.loop_images, train=False))}
         print(f"per-image loop version (seed network, {args.loop_images} images): "
               f"train {fmt_rate(loop['train'])} img/s, infer {fmt_rate(loop['infer'])} img/s")
-    for model_name in args.models.split(","):
-        for batch in (int(b) for b in args.batch_sizes.split(",")):
-            mine = CnnxpRunner(model_name, batch, args.device)
-            theirs = TorchRunner(model_name, batch, args.device) if use_torch else None
-            cpu = CnnxpRunner(model_name, batch, "cpu") if args.compare_cpu else None
-            if args.profile:
-                rows_ms = layer_times(mine.model, mine.x, mine.y, repeats=max(3, args.rounds))
-                print(f"  per-layer profile, cnnxp {model_name} batch {batch} on {args.device}:")
-                print("    " + format_layer_times(rows_ms, batch).replace("\n", "\n    "))
-                profiles.append({"model": model_name, "batch": batch, "layers": rows_ms})
-            for mode in ("train", "infer"):
-                contenders = {"cnnxp": (getattr(mine, f"{mode}_step"), mine.sync)}
-                if theirs is not None:
-                    contenders["torch"] = (getattr(theirs, f"{mode}_step"), theirs.sync)
-                if cpu is not None:
-                    contenders["cnnxp_cpu"] = (getattr(cpu, f"{mode}_step"), cpu.sync)
-                rates = time_interleaved(contenders, batch, args)
-                row = {"model": model_name, "batch": batch, "mode": mode,
-                       **{name: summary(r) for name, r in rates.items()}}
-                if "torch" in row:
-                    row["ratio_torch"] = row["cnnxp"]["median"] / row["torch"]["median"]
-                if "cnnxp_cpu" in row:
-                    row["ratio_cpu"] = row["cnnxp"]["median"] / row["cnnxp_cpu"]["median"]
-                if model_name == "seed" and loop:
-                    row["loop"] = loop[mode]
-                    row["ratio_loop"] = row["cnnxp"]["median"] / loop[mode]["median"]
-                if not args.no_memory:
-                    row["memory_cnnxp"] = measure_memory("cnnxp", model_name, batch, mode, args.device,
-                                                         args.threads)
-                    if theirs is not None:
-                        row["memory_torch"] = measure_memory("torch", model_name, batch, mode, args.device,
-                                                             args.threads)
-                rows.append(row)
-                print(f"  {model_name} b{batch} {mode}: cnnxp {fmt_rate(row['cnnxp'])}"
-                      + (f", torch {fmt_rate(row['torch'])}, x{row['ratio_torch']:.2f}" if "torch" in row else ""),
-                      flush=True)
+    workers = {"cnnxp": Worker("cnnxp", args.device, args.threads)}
+    if use_torch:
+        workers["torch"] = Worker("torch", args.device, args.threads)
+    if args.compare_cpu:
+        workers["cnnxp_cpu"] = Worker("cnnxp", "cpu", args.threads)
+    try:
+        for model_name in args.models.split(","):
+            for batch in (int(b) for b in args.batch_sizes.split(",")):
+                if args.profile:
+                    mine = CnnxpRunner(model_name, batch, args.device)
+                    rows_ms = layer_times(mine.model, mine.x, mine.y, repeats=max(3, args.rounds))
+                    del mine
+                    print(f"  per-layer profile, cnnxp {model_name} batch {batch} on {args.device}:")
+                    print("    " + format_layer_times(rows_ms, batch).replace("\n", "\n    "))
+                    profiles.append({"model": model_name, "batch": batch, "layers": rows_ms})
+                for mode in ("train", "infer"):
+                    rows.append(measure(workers, model_name, batch, mode, loop, args))
+    finally:
+        for worker in workers.values():
+            worker.close()
     meta["load_average_after"] = load_average()
     print_table(rows, meta)
     if args.json:
@@ -497,6 +546,41 @@ def main(args) -> int:
             json.dump({"meta": meta, "results": rows, "profiles": profiles}, f, indent=2)
         print(f"wrote {args.json}")
     return 0
+
+
+def _torch_status(device: str) -> str | None:
+    """PyTorch's version when it can run on ``device``, asked in a subprocess (this process never imports it)."""
+    code = ("import sys, torch; d = sys.argv[1]; "
+            "print(torch.__version__ if d == 'cpu' or torch.cuda.is_available() else '')")
+    try:
+        done = subprocess.run([sys.executable, "-c", code, device], capture_output=True, text=True, timeout=300)
+    except subprocess.SubprocessError:
+        return None
+    version = done.stdout.strip() if done.returncode == 0 else ""
+    if not version and done.returncode == 0:
+        print("PyTorch has no CUDA here: skipping the PyTorch column", file=sys.stderr)
+    return version or None
+
+
+def measure(workers, model_name, batch, mode, loop, args) -> dict:
+    """One row of the table: every worker's rates for a configuration, the ratios and the memory."""
+    rates = time_interleaved(workers, {"model": model_name, "batch": batch, "mode": mode}, args)
+    row = {"model": model_name, "batch": batch, "mode": mode, **{name: summary(r) for name, r in rates.items()}}
+    if "torch" in row:
+        row["ratio_torch"] = row["cnnxp"]["median"] / row["torch"]["median"]
+    if "cnnxp_cpu" in row:
+        row["ratio_cpu"] = row["cnnxp"]["median"] / row["cnnxp_cpu"]["median"]
+    if model_name == "seed" and loop:
+        row["loop"] = loop[mode]
+        row["ratio_loop"] = row["cnnxp"]["median"] / loop[mode]["median"]
+    if not args.no_memory:
+        row["memory_cnnxp"] = measure_memory("cnnxp", model_name, batch, mode, args.device, args.threads)
+        if "torch" in workers:
+            row["memory_torch"] = measure_memory("torch", model_name, batch, mode, args.device, args.threads)
+    print(f"  {model_name} b{batch} {mode}: cnnxp {fmt_rate(row['cnnxp'])}"
+          + (f", torch {fmt_rate(row['torch'])}, x{row['ratio_torch']:.2f}" if "torch" in row else ""),
+          flush=True)
+    return row
 
 
 def print_table(rows, meta) -> None:
@@ -529,4 +613,8 @@ def print_table(rows, meta) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main(ARGS))
+    try:
+        sys.exit(main(ARGS))
+    except RuntimeError as exc:  # a worker failed: its traceback, if any, is above
+        print(f"benchmark.py: {exc}", file=sys.stderr)
+        sys.exit(1)

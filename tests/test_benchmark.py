@@ -1,0 +1,54 @@
+"""scripts/benchmark.py: each library timed in a worker process of its own, the JSON and table it writes, its errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300)
+
+
+def test_workers_time_both_libraries_and_the_json_holds_every_round(tmp_path):
+    torch = pytest.importorskip("torch")
+    out = tmp_path / "bench.json"
+    done = _run("--models", "seed", "--batch-sizes", "8", "--rounds", "2", "--warmup", "0",
+                "--round-seconds", "0.02", "--pause", "0", "--no-loop", "--no-memory", "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    data = json.loads(out.read_text())
+    assert data["meta"]["torch"] == torch.__version__ and data["meta"]["device"] == "cpu"
+    rows = data["results"]
+    assert [(r["model"], r["batch"], r["mode"]) for r in rows] == [("seed", 8, "train"), ("seed", 8, "infer")]
+    for r in rows:
+        for name in ("cnnxp", "torch"):
+            assert len(r[name]["rounds"]) == 2 and all(rate > 0 for rate in r[name]["rounds"])
+            assert r[name]["min"] <= r[name]["median"] <= r[name]["max"]
+        assert r["ratio_torch"] == pytest.approx(r["cnnxp"]["median"] / r["torch"]["median"])
+    table = done.stdout.split("load average")[-1]
+    assert re.search(r"^seed\s+8\s+train\s", table, re.M) and re.search(r"^seed\s+8\s+infer\s", table, re.M)
+    assert "vs torch" in table
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--models", "vgg"), "--models takes seed and/or lenet5 (comma-separated), got 'vgg'"),
+    (("--batch-sizes", "64,0"), "--batch-sizes takes positive integers (comma-separated), got '64,0'"),
+])
+def test_bad_flags_exit_2_with_one_line(args, message):
+    done = _run(*args)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="CuPy is installed: cuda may work here")
+def test_unavailable_device_exits_1_without_a_traceback():
+    done = _run("--device", "cuda", "--no-torch", "--no-loop", "--no-memory")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "benchmark.py: device 'cuda' needs CuPy" in done.stderr

@@ -7,9 +7,9 @@ rounds first, then several timed rounds, reported as median and min-max. The
 same architecture in PyTorch (when installed) runs on the same device, batch
 and optimizer, with ``torch.set_num_threads`` equal to NumPy's BLAS thread
 count. Each library runs in a worker process of its own (as it would for a user):
-in one shared process, whichever runs second works in the heap and thread pools the
-first left behind, which cost PyTorch up to a third of its speed here. The parent
-alternates the workers' rounds, so background load hits both alike.
+in one shared process, whichever runs second works in the heap the first left
+behind, which cost PyTorch up to a third of its speed here (docs/performance.md).
+The parent alternates the workers' rounds, so background load hits both alike.
 
 The per-image loop version is written here as a teaching notebook would write
 it: pure NumPy with Python loops over filters and output positions, one image
@@ -321,8 +321,9 @@ def calibrate(step, sync, seconds: float) -> int:
 class Worker:
     """One contender in a process of its own, driven line by line over a pipe (JSON requests and replies).
 
-    Separate processes keep each library's timings free of the other's heap and threads: in one
-    process, PyTorch after cnnxp ran at 10-14k img/s (LeNet-5, batch 64, training) against 14-17k alone.
+    Separate processes keep each library's timings free of the heap the other leaves behind: in one
+    process, PyTorch after cnnxp ran at 9.9-14.9k img/s (LeNet-5, batch 64, training) against
+    12.8-17.3k alone (docs/performance.md).
     """
 
     def __init__(self, framework: str, device: str, threads: int | None):

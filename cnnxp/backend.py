@@ -31,6 +31,7 @@ __all__ = [
     "describe",
     "check_input",
     "device_of",
+    "on_device_of",
     "cuda_available",
 ]
 
@@ -191,6 +192,17 @@ def device_of(x: Any) -> Device:
     if array_api_compat.is_cupy_array(x):
         return Device(f"cuda:{native.id}", xp, native)
     return Device(str(native), xp, native)
+
+
+def on_device_of(x: Any):
+    """A context in which new arrays land where ``x`` lives: its GPU's for a CuPy array, else none.
+
+    CuPy allocates on the *current* GPU, so work on an array of ``cuda:1`` must run with
+    that GPU current; every other library (and anything that is not an array) needs nothing.
+    """
+    if array_api_compat.is_cupy_array(x):
+        return x.device
+    return contextlib.nullcontext()
 
 
 def check_input(x: Any, device: Device, where: str) -> None:

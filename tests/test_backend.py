@@ -73,6 +73,74 @@ def test_native_cupy_device_is_the_cuda_device(monkeypatch):
         cnnxp.get_device(2, xp=fake_namespace)
 
 
+def test_on_device_of_enters_a_cupy_arrays_gpu(monkeypatch):
+    """A CuPy array's own device is the context (CuPy allocates on the current GPU); others get none."""
+    fake = types.ModuleType("cupy")
+    fake.ndarray = type("ndarray", (), {})
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    gpu1 = object()
+    arr = fake.ndarray()
+    arr.device = gpu1
+    assert backend.on_device_of(arr) is gpu1
+    for other in (np.zeros(2), [1.0], None):
+        with backend.on_device_of(other) as entered:
+            assert entered is None
+
+
+class _Scale(layers.Layer):
+    """A layer written outside cnnxp: its forward and backward are wrapped like the built-in ones."""
+
+    def forward(self, x):
+        return 2 * x
+
+    def backward(self, grad_out, need_input_grad=True):
+        return 2 * grad_out
+
+
+STANDALONE = [
+    (lambda: layers.Conv2D(2, 3, 3, padding=1, seed=0), (2, 2, 6, 6)),
+    (lambda: layers.Dense(4, 3, seed=0), (2, 4)),
+    (layers.ReLU, (2, 2, 6, 6)),
+    (lambda: layers.MaxPool2D(2), (2, 2, 6, 6)),
+    (lambda: layers.AvgPool2D(2), (2, 2, 6, 6)),
+    (layers.Flatten, (2, 2, 6, 6)),
+    (layers.Softmax, (2, 5)),
+    (lambda: layers.Dropout(0.5, seed=0), (2, 4)),
+    (lambda: layers.BatchNorm2D(2), (2, 2, 6, 6)),
+    (_Scale, (2, 4)),
+]
+
+
+@pytest.mark.parametrize("make, shape", STANDALONE, ids=lambda v: getattr(v(), "name", None) if callable(v) else None)
+def test_standalone_layer_runs_where_its_input_lives(monkeypatch, make, shape):
+    """Outside `Sequential` (which enters its device), a layer enters its input's device itself,
+    in forward and in backward, so a CuPy layer on cuda:1 works on cuda:1 whatever GPU is current."""
+    seen = []
+
+    class Entered:
+        def __init__(self, x):
+            self.x = x
+
+        def __enter__(self):
+            seen.append(("enter", id(self.x)))
+
+        def __exit__(self, *exc):
+            seen.append(("exit", id(self.x)))
+
+    monkeypatch.setattr(backend, "on_device_of", Entered)
+    layer = make()
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    out = layer.forward(x)
+    assert seen[0] == ("enter", id(x)) and seen[-1] == ("exit", id(x))
+    seen.clear()
+    g = np.ones_like(out)
+    layer.backward(g)
+    assert seen[0] == ("enter", id(g)) and seen[-1] == ("exit", id(g))
+    seen.clear()
+    layer(x)  # __call__ goes through forward
+    assert seen[0] == ("enter", id(x))
+
+
 def test_import_does_not_touch_cuda():
     code = "import sys, cnnxp, cnnxp.data; print('cupy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np  # host-side RNG only: weights are drawn here, then moved to the device
 from array_api_compat import array_namespace
 
+from .. import backend
 from ..backend import DeviceError, describe, device_of, get_device, move_hint, to_device
 
 _global_rng = np.random.default_rng()
@@ -43,6 +45,17 @@ def init_weight(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int, f
     return w.astype(np.float32)
 
 
+def _where_input_lives(method):
+    """Wrap a layer's ``forward``/``backward`` to run in the context of its input's device."""
+
+    @functools.wraps(method)
+    def run(self, x, *args, **kwargs):
+        with backend.on_device_of(x):
+            return method(self, x, *args, **kwargs)
+
+    return run
+
+
 class Layer:
     """Base class: ``forward``/``backward`` side by side, parameters in ``params``, gradients in ``grads``.
 
@@ -50,7 +63,17 @@ class Layer:
     array of the same shape into ``params[name]`` sets a weight: layers read
     ``params`` at every forward. ``buffers`` holds state that is saved but not
     trained (BatchNorm's running statistics).
+
+    Every subclass's ``forward`` and ``backward`` run where their input lives
+    (`backend.on_device_of`): a layer used on its own on ``cuda:1`` allocates its
+    temporaries there, not on the current GPU, as inside `Sequential`.
     """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in ("forward", "backward"):
+            if name in cls.__dict__:
+                setattr(cls, name, _where_input_lives(cls.__dict__[name]))
 
     def __init__(self) -> None:
         self.params: dict[str, Any] = {}

@@ -74,6 +74,12 @@ def parse_args(argv=None):
         p.error(f"--models takes seed and/or lenet5 (comma-separated), got {', '.join(map(repr, unknown))}")
     if not all(b.strip().isdigit() and int(b) > 0 for b in args.batch_sizes.split(",")):
         p.error(f"--batch-sizes takes positive integers (comma-separated), got {args.batch_sizes!r}")
+    for flag, value, least in (("--rounds", args.rounds, 1), ("--warmup", args.warmup, 0),
+                               ("--round-seconds", args.round_seconds, 0), ("--pause", args.pause, 0),
+                               ("--loop-images", args.loop_images, 1), ("--threads", args.threads, 1)):
+        if value is not None and not value >= least:  # `not >=` also catches nan
+            kind = "a number" if isinstance(value, float) else "an integer"
+            p.error(f"{flag} takes {kind} >= {least}, got {value}")
     if args.quick:
         args.rounds, args.warmup, args.round_seconds, args.loop_images, args.pause = 3, 1, 0.2, 100, 0.1
     return args

@@ -41,6 +41,12 @@ def test_workers_time_both_libraries_and_the_json_holds_every_round(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (("--models", "vgg"), "--models takes seed and/or lenet5 (comma-separated), got 'vgg'"),
     (("--batch-sizes", "64,0"), "--batch-sizes takes positive integers (comma-separated), got '64,0'"),
+    (("--rounds", "0"), "--rounds takes an integer >= 1, got 0"),
+    (("--warmup", "-1"), "--warmup takes an integer >= 0, got -1"),
+    (("--round-seconds", "nan"), "--round-seconds takes a number >= 0, got nan"),
+    (("--pause", "-0.5"), "--pause takes a number >= 0, got -0.5"),
+    (("--loop-images", "0"), "--loop-images takes an integer >= 1, got 0"),
+    (("--threads", "0"), "--threads takes an integer >= 1, got 0"),
 ])
 def test_bad_flags_exit_2_with_one_line(args, message):
     done = _run(*args)

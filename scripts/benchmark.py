@@ -10,6 +10,12 @@ count. Each library runs in a worker process of its own (as it would for a user)
 in one shared process, whichever runs second works in the heap the first left
 behind, which cost PyTorch up to a third of its speed here (docs/performance.md).
 The parent alternates the workers' rounds, so background load hits both alike.
+Both libraries start from the same weights (cnnxp's preset, seed 0, copied into
+PyTorch's modules), and every round starts from them again with a fresh
+optimizer: training one fixed batch for a thousand steps or more leaves momentum
+entries stuck at subnormal values (about half of cnnxp's after 1,000 steps,
+which slowed its steps by 15%), and how many depends on the weights, so without
+the reset the ratio would drift with the round count.
 
 The per-image loop version is written here as a teaching notebook would write
 it: pure NumPy with Python loops over filters and output positions, one image
@@ -165,13 +171,25 @@ def make_data(batch: int, seed: int = 0):
     return x, y
 
 
+def initial_weights(model_name: str) -> list:
+    """cnnxp's preset weights (seed 0) as NumPy arrays, in order: both libraries start from them."""
+    model = MODELS[model_name](seed=0)
+    return [cnnxp.to_numpy(layer.params[name]) for _, layer, name in model.named_parameters()]
+
+
 class CnnxpRunner:
     def __init__(self, model_name: str, batch: int, device: str):
         self.dev = cnnxp.get_device(device)
         self.model = MODELS[model_name](seed=0, device=device)
-        self.opt = SGD(self.model, lr=LR, momentum=MOMENTUM)
+        self.initial = {key: cnnxp.to_numpy(value).copy() for key, value in self.model.state_dict().items()}
+        self.reset()
         x, y = make_data(batch)
         self.x, self.y = cnnxp.to_device(x, self.dev), cnnxp.to_device(y, self.dev)
+
+    def reset(self):
+        """The initial weights again, and a fresh optimizer (no momentum yet)."""
+        self.model.load_state_dict(self.initial)
+        self.opt = SGD(self.model, lr=LR, momentum=MOMENTUM)
 
     def train_step(self):
         self.model.train()
@@ -204,11 +222,23 @@ def torch_model(model_name: str):
 class TorchRunner:
     def __init__(self, model_name: str, batch: int, device: str):
         self.device = torch.device(device)
-        torch.manual_seed(0)
         self.model = torch_model(model_name).to(self.device)
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
+        params = list(self.model.parameters())
+        weights = initial_weights(model_name)
+        if [tuple(p.shape) for p in params] != [w.shape for w in weights]:
+            raise RuntimeError(f"the PyTorch {model_name} does not match cnnxp's parameter shapes")
+        with torch.no_grad():
+            for p, w in zip(params, weights, strict=True):
+                p.copy_(torch.from_numpy(w))
+        self.initial = {key: value.clone() for key, value in self.model.state_dict().items()}
+        self.reset()
         x, y = make_data(batch)
         self.x, self.y = torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device)
+
+    def reset(self):
+        """The initial weights again, and a fresh optimizer (no momentum yet)."""
+        self.model.load_state_dict(self.initial)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
 
     def train_step(self):
         self.model.train()
@@ -375,7 +405,8 @@ def serve(spec: str) -> None:
                 reply = {}
             elif request["op"] == "calibrate":
                 reply = {"steps": calibrate(step, runner.sync, request["seconds"])}
-            else:  # "run": one timed round
+            else:  # "run": one timed round, from the initial weights
+                runner.reset()
                 runner.sync()
                 start = time.perf_counter()
                 for _ in range(request["steps"]):

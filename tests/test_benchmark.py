@@ -58,3 +58,34 @@ def test_unavailable_device_exits_1_without_a_traceback():
     done = _run("--device", "cuda", "--no-torch", "--no-loop", "--no-memory")
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "benchmark.py: device 'cuda' needs CuPy" in done.stderr
+
+
+def test_both_libraries_train_from_the_same_weights_and_every_round_starts_from_them(monkeypatch):
+    """Same weights, data and optimizer: the two contenders follow one trajectory (to rounding), and
+    `reset` (run before every round) returns each to the initial weights with no momentum."""
+    pytest.importorskip("torch")
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT)])
+    spec = importlib.util.spec_from_file_location("benchmark_under_test", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    torch = bench.load_torch()
+    for model_name in ("seed", "lenet5"):
+        ours, theirs = bench.CnnxpRunner(model_name, 8, "cpu"), bench.TorchRunner(model_name, 8, "cpu")
+        start = [p.detach().numpy().copy() for p in theirs.model.parameters()]
+        for mine, w in zip(bench.initial_weights(model_name), start, strict=True):
+            assert (mine == w).all()
+        for _ in range(5):
+            ours.train_step()
+            theirs.train_step()
+        ours_now = [bench.cnnxp.to_numpy(layer.params[name]) for _, layer, name in ours.model.named_parameters()]
+        theirs_now = [p.detach().numpy() for p in theirs.model.parameters()]
+        for a, b, w in zip(ours_now, theirs_now, start, strict=True):
+            assert not (b == w).all()  # training moved them
+            assert abs(a - b).max() < 1e-5
+        ours.reset()
+        theirs.reset()
+        assert ours.opt.state == {} and theirs.opt.state_dict()["state"] == {}
+        for key, layer, name in ours.model.named_parameters():
+            assert (bench.cnnxp.to_numpy(layer.params[name]) == ours.initial[key]).all()
+        for p, w in zip(theirs.model.parameters(), start, strict=True):
+            assert torch.equal(p.detach(), torch.from_numpy(w))

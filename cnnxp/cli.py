@@ -9,9 +9,11 @@ training saves the last finished epoch and returns 130.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 import tempfile
@@ -75,6 +77,10 @@ class UsageError(Exception):
     """A bad argument or an unusable input, reported as one line before any work starts."""
 
 
+class RunError(Exception):
+    """A failure during the run (a file that cannot be written), reported as one line with status 1."""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, not argparse's usage block
         raise UsageError(message)
@@ -95,10 +101,42 @@ def _number(cast, expected: str, valid, rule: str):
     return parse
 
 
+SEED_LIMIT = 2**63  # seeds are stored as int64 in checkpoints
+
 _positive_int = _number(int, "a positive integer", lambda v: v >= 1, "a positive integer")
 _non_negative_int = _number(int, "a non-negative integer", lambda v: v >= 0, ">= 0")
+_seed = _number(int, "a non-negative integer", lambda v: 0 <= v < SEED_LIMIT, "in [0, 2**63)")
 _positive_float = _number(float, "a positive number", lambda v: v > 0 and math.isfinite(v), "a positive number")
+_momentum = _number(float, "a number", lambda v: 0 <= v < math.inf, "a finite number >= 0")
 _smoothing = _number(float, "a number", lambda v: 0 <= v < 1, "in [0, 1)")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
+
+
+def _one_of(names) -> tuple:
+    return (lambda v: isinstance(v, str) and v in names), "one of " + ", ".join(map(repr, names))
+
+
+#: What a resumed checkpoint's configuration values must be: (test, rule) per key.
+CONFIG_RULES = {
+    "dataset": _one_of(("mnist", "fashion-mnist", "mnist-sample")),
+    "model": _one_of(tuple(models.MODELS)),
+    "epochs": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "batch_size": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "lr": (lambda v: _is_number(v) and v > 0, "a positive number"),
+    "optimizer": _one_of(("adam", "sgd")),
+    "momentum": (lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
+    "schedule": _one_of(("exponential", "cosine", "constant")),
+    "gamma": (lambda v: _is_number(v) and v > 0, "a positive number"),
+    "label_smoothing": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "seed": (lambda v: _is_int(v) and 0 <= v < SEED_LIMIT, "an integer in [0, 2**63)"),
+}
 
 
 def _augment_spec(text) -> str:
@@ -130,26 +168,76 @@ def _device(name: str):
         raise UsageError(_one_line(exc)) from None
 
 
-def _check_writable(out: Path, what: str = "--out") -> None:
-    """Create ``out`` and prove a file can be written there, or raise UsageError."""
+def _check_writable(out: Path, what: str = "--out") -> Path | None:
+    """Create ``out`` and prove a file can be written there, or raise UsageError.
+
+    Returns the outermost directory this call created (None when ``out`` existed), for `_remove_empty`.
+    """
     if out.exists() and not out.is_dir():
         raise UsageError(f"{what} {str(out)!r} is a file, not a directory")
+    created = None
+    for folder in (out, *out.parents):
+        if folder.exists():
+            break
+        created = folder
     try:
         out.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test.")
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
+        _remove_empty(out, created)
         raise UsageError(f"cannot write to {what} {str(out)!r}: {exc.strerror or exc}") from None
+    return created
+
+
+def _new_run_dir(base: Path) -> Path:
+    """Create ``base`` (or ``base-2``, ``base-3``, ...): a folder of this run's own, even for runs started together."""
+    for k in itertools.count(1):
+        out = base if k == 1 else base.with_name(f"{base.name}-{k}")
+        if out.exists():
+            continue
+        try:
+            out.mkdir(parents=True)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise UsageError(f"cannot create the run folder {str(out)!r}: {exc.strerror or exc}") from None
+        _check_writable(out)
+        return out
+    raise AssertionError("unreachable")
+
+
+def _remove_empty(out: Path | None, created: Path | None) -> None:
+    """Remove the folders from ``out`` up to ``created`` that this run made and left empty."""
+    if out is None or created is None:
+        return
+    for folder in (out, *out.parents):
+        try:
+            folder.rmdir()  # only succeeds on an empty directory
+        except OSError:
+            return
+        if folder == created:
+            return
 
 
 def _load_checkpoint(path: str) -> Checkpoint:
     try:
-        return load_checkpoint(path)
+        checkpoint = load_checkpoint(path)
     except FileNotFoundError:
         raise UsageError(f"checkpoint {path!r} does not exist") from None
     except CheckpointError as exc:
         raise UsageError(_one_line(exc)) from None
+    _check_saved_config(checkpoint)
+    return checkpoint
+
+
+def _check_saved_config(checkpoint: Checkpoint) -> None:
+    """UsageError for a configuration value in the checkpoint that no flag would have accepted."""
+    for key, (valid, rule) in CONFIG_RULES.items():
+        if key in checkpoint.config and not valid(checkpoint.config[key]):
+            raise UsageError(f"checkpoint {str(checkpoint.path)!r} has a bad {key}: expected {rule}, "
+                             f"got {checkpoint.config[key]!r}")
 
 
 def _load_split(name: str, data_dir, split: str):
@@ -184,7 +272,9 @@ def _load_data(name: str | None, data_dir, prog: str):
 def _make_optimizer(config: dict[str, Any], model):
     if config["optimizer"] == "adam":
         return Adam(model, lr=config["lr"])
-    return SGD(model, lr=config["lr"], momentum=config["momentum"])
+    if config["optimizer"] == "sgd":
+        return SGD(model, lr=config["lr"], momentum=config["momentum"])
+    raise ValueError(f"unknown optimizer {config['optimizer']!r}: expected one of {', '.join(OPTIMIZERS)}")
 
 
 def _normalise(images: np.ndarray) -> np.ndarray:
@@ -206,13 +296,27 @@ def _plot(prog: str, quiet: bool, written: list[str], name: str, draw) -> bool:
     return True
 
 
+def _json_safe(obj):
+    """``obj`` with every non-finite float (a diverged run's loss) as None, so the file is strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def _write_json(path: Path, obj) -> None:
-    """Write JSON through a temporary file, so a reader never sees half a file."""
+    """Write strict JSON (NaN and infinities as null) through a temporary file, so a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
+            json.dump(_json_safe(obj), f, indent=1, allow_nan=False)
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise RunError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -245,7 +349,7 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, help=f"default: {DEFAULTS['batch_size']}")
     p.add_argument("--lr", type=_positive_float, help=f"learning rate (default: {DEFAULTS['lr']})")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"default: {DEFAULTS['optimizer']}")
-    p.add_argument("--momentum", type=float, help=f"SGD momentum (default: {DEFAULTS['momentum']})")
+    p.add_argument("--momentum", type=_momentum, help=f"SGD momentum (default: {DEFAULTS['momentum']})")
     p.add_argument("--schedule", choices=SCHEDULES,
                    help="learning rate over the run: exponential (lr * gamma ** epochs done; resumes exactly), "
                         f"cosine (to 0 at --epochs) or constant (default: {DEFAULTS['schedule']})")
@@ -258,7 +362,7 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-smoothing", type=_smoothing, metavar="EPS",
                    help="train against targets (1 - EPS) * one-hot + EPS / classes "
                         f"(default: {DEFAULTS['label_smoothing']})")
-    p.add_argument("--seed", type=_non_negative_int, help="seed of the weights, the shuffling and dropout (default: 0)")
+    p.add_argument("--seed", type=_seed, help="seed of the weights, the shuffling and dropout (default: 0)")
     p.add_argument("--out", help="output directory (default: a new runs/<dataset>-<model>-<time>, "
                                  "or the checkpoint's directory with --resume)")
     p.add_argument("--resume", metavar="PATH", help="continue from a checkpoint.npz")
@@ -281,6 +385,7 @@ def _train_config(args, checkpoint: Checkpoint | None) -> dict[str, Any]:
         missing = [k for k in RESUMED_KEYS if k not in saved]
         if missing:
             raise UsageError(f"checkpoint {str(checkpoint.path)!r} lacks the run configuration ({', '.join(missing)})")
+        _check_saved_config(checkpoint)
         for key, value in given.items():
             if value != saved[key]:
                 flag = "--" + key.replace("_", "-")
@@ -292,48 +397,76 @@ def _train_config(args, checkpoint: Checkpoint | None) -> dict[str, Any]:
         config["epochs"] = saved.get("epochs", DEFAULTS["epochs"])
     if args.epochs is not None:
         config["epochs"] = args.epochs
-    if config["optimizer"] == "sgd" and not config["momentum"] >= 0:
-        raise UsageError(f"--momentum must be >= 0, got {config['momentum']}")
     return config
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
-    """``scripts/train.py``: returns the exit status (0, 2 for bad arguments, 130 after Ctrl-C)."""
+    """``scripts/train.py``: returns the exit status (0; 1 when a file cannot be written; 2 for bad
+    arguments, with any folder it made for them removed again; 130 after Ctrl-C)."""
     prog = "train.py"
-    try:
-        args = train_parser().parse_args(argv)
-        checkpoint = _load_checkpoint(args.resume) if args.resume else None
-        config = _train_config(args, checkpoint)
-        device = _device(args.device)
-        if args.out is not None:
-            out = Path(args.out)
-            _check_writable(out)
-        elif checkpoint is not None:
-            out = Path(args.resume).resolve().parent
-            _check_writable(out, "the checkpoint's directory")
-        else:
-            out = None
-        dataset, (x_train, y_train), (x_test, y_test) = _load_data(config["dataset"], args.data_dir, prog)
-        config["dataset"] = dataset
-        if out is None:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            out = Path("runs") / f"{dataset}-{config['model']}-{stamp}"
-            _check_writable(out)
-    except UsageError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
-        return 2
     previous_handler = _install_sigint()
+    out = created = None
     try:
+        try:
+            args = train_parser().parse_args(argv)
+            checkpoint = _load_checkpoint(args.resume) if args.resume else None
+            config = _train_config(args, checkpoint)
+            device = _device(args.device)
+            if args.out is not None:
+                out = Path(args.out)
+                created = _check_writable(out)
+            elif checkpoint is not None:
+                out = Path(args.resume).resolve().parent
+                _check_writable(out, "the checkpoint's directory")
+            dataset, (x_train, y_train), (x_test, y_test) = _load_data(config["dataset"], args.data_dir, prog)
+            config["dataset"] = dataset
+            if out is None:
+                stamp = time.strftime("%Y%m%d-%H%M%S")
+                out = created = _new_run_dir(Path("runs") / f"{dataset}-{config['model']}-{stamp}")
+        except KeyboardInterrupt:
+            _remove_empty(out, created)
+            _note(prog, "interrupted before training started: nothing was written")
+            return 130
         return _train(args, config, checkpoint, device, out, (x_train, y_train), (x_test, y_test), prog)
     except UsageError as exc:
+        _remove_empty(out, created)
         print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
         return 2
+    except RunError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as exc:  # a picture or the last checkpoint that cannot be written
+        where = f"cannot write {exc.filename!r}: {exc.strerror}" if exc.filename else _one_line(exc)
+        print(f"{prog}: error: {where}", file=sys.stderr, flush=True)
+        return 1
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGINT, previous_handler)
 
 
 def _train(args, config, checkpoint, device, out: Path, train_data, test_data, prog: str) -> int:
+    ckpt_path = out / CHECKPOINT_NAME
+    # The last finished epoch as host arrays, and whether that state is on disk at ckpt_path.
+    last = {"arrays": None, "epoch": 0, "saved": False}
+    hint = _resume_hint(args, device, ckpt_path)
+    try:
+        return _run(args, config, checkpoint, device, out, train_data, test_data, prog, ckpt_path, last)
+    except KeyboardInterrupt:
+        return _interrupted(last, ckpt_path, prog, hint, args.resume)
+
+
+def _resume_hint(args, device, ckpt_path: Path) -> str:
+    """The command that continues this run, with the flags it cannot take from the checkpoint."""
+    words = ["python", "scripts/train.py", "--resume", str(ckpt_path)]
+    if args.data_dir:
+        words += ["--data-dir", args.data_dir]
+    if device.name != "cpu":
+        words += ["--device", device.name]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def _run(args, config, checkpoint, device, out: Path, train_data, test_data, prog: str, ckpt_path: Path,
+         last: dict[str, Any]) -> int:
     quiet = args.quiet
     x_train, y_train = train_data
     x_test, y_test = test_data
@@ -343,9 +476,6 @@ def _train(args, config, checkpoint, device, out: Path, train_data, test_data, p
                               augment=parse_augment(config["augment"]))
     test_loader = DataLoader(x_test, y_test, EVAL_BATCH_SIZE, shuffle=False, device=device)
     history = History()
-    ckpt_path = out / CHECKPOINT_NAME
-    # The last finished epoch as host arrays, and whether that state is on disk at ckpt_path.
-    last = {"arrays": None, "epoch": 0, "saved": False}
     if checkpoint is not None:
         try:
             restore(checkpoint, model, optimizer, train_loader)
@@ -377,75 +507,75 @@ def _train(args, config, checkpoint, device, out: Path, train_data, test_data, p
 
     def on_epoch_end(hist: History) -> None:
         epoch = hist.last["epoch"]
+        on_disk = last["epoch"] if last["saved"] else None
         last.update(arrays=checkpoint_arrays(model, optimizer, epoch=epoch, history=hist, config=config,
                                              loader=train_loader), epoch=epoch, saved=False)
-        write_arrays_atomic(ckpt_path, last["arrays"])
+        try:
+            write_arrays_atomic(ckpt_path, last["arrays"])
+        except OSError as exc:
+            kept = f"; the checkpoint of epoch {on_disk} there is intact" if on_disk else ""
+            raise RunError(f"cannot write the checkpoint of epoch {epoch} to {str(ckpt_path)!r}: "
+                           f"{exc.strerror or exc}{kept}") from None
         last["saved"] = True
         _write_json(out / "history.json", hist.rows)
 
     schedule = {"exponential": lambda: exponential_lr(config["lr"], config["gamma"]),
                 "cosine": lambda: cosine_lr(config["lr"]),
                 "constant": lambda: None}[config["schedule"]]()
-    try:
-        if len(history) < config["epochs"]:
-            fit(model, optimizer, train_loader, config["epochs"], test_loader, history=history,
-                label_smoothing=config["label_smoothing"], lr_schedule=schedule, progress=not quiet,
-                log=None if quiet else print,
-                on_epoch_end=on_epoch_end)
-        else:
-            _say(quiet, f"the checkpoint already has {len(history)} epochs (--epochs {config['epochs']}): "
-                        "nothing to train, evaluating")
-    except KeyboardInterrupt:
-        return _interrupted(last, ckpt_path, prog)
+    if len(history) < config["epochs"]:
+        fit(model, optimizer, train_loader, config["epochs"], test_loader, history=history,
+            label_smoothing=config["label_smoothing"], lr_schedule=schedule, progress=not quiet,
+            log=None if quiet else print,
+            on_epoch_end=on_epoch_end)
+    else:
+        _say(quiet, f"the checkpoint already has {len(history)} epochs (--epochs {config['epochs']}): "
+                    "nothing to train, evaluating")
 
-    try:
-        result = evaluate(model, test_loader, return_predictions=True)
-        rows = history.rows
-        train_seconds = sum(r["seconds"] for r in rows)
-        images = len(y_train) * len(rows)
-        metrics = {
-            "dataset": config["dataset"],
-            "model": config["model"],
-            "device": device.name,
-            "epochs": len(rows),
-            "test_accuracy": result.accuracy,
-            "test_loss": result.loss,
-            "train_seconds": train_seconds,
-            "images_per_second": images / train_seconds if train_seconds else None,
-            "train_accuracy": rows[-1]["train_accuracy"] if rows else None,
-            "train_loss": rows[-1]["train_loss"] if rows else None,
-            "per_class_accuracy": {names[i]: float(a) for i, a in enumerate(result.per_class_accuracy)},
-            "num_parameters": model.num_parameters(),
-            "train_samples": len(y_train),
-            "test_samples": len(y_test),
-            "config": config,
-        }
-        _write_json(out / "metrics.json", metrics)
-        _write_json(out / "history.json", history.rows)
-        if not last["saved"]:  # e.g. resumed into a new --out with nothing left to train
-            write_arrays_atomic(ckpt_path, checkpoint_arrays(model, optimizer, epoch=len(rows), history=history,
-                                                             config=config, loader=train_loader))
-        if plots_ok:
-            from . import plots
+    result = evaluate(model, test_loader, return_predictions=True)
+    rows = history.rows
+    train_seconds = sum(r.get("seconds") or 0.0 for r in rows)
+    images = len(y_train) * len(rows)
+    metrics = {
+        "dataset": config["dataset"],
+        "model": config["model"],
+        "device": device.name,
+        "epochs": len(rows),
+        "test_accuracy": result.accuracy,
+        "test_loss": result.loss,
+        "train_seconds": train_seconds,
+        "images_per_second": images / train_seconds if train_seconds else None,
+        "train_accuracy": rows[-1].get("train_accuracy") if rows else None,
+        "train_loss": rows[-1].get("train_loss") if rows else None,
+        "per_class_accuracy": {names[i]: float(a) for i, a in enumerate(result.per_class_accuracy)},
+        "num_parameters": model.num_parameters(),
+        "train_samples": len(y_train),
+        "test_samples": len(y_test),
+        "config": config,
+    }
+    _write_json(out / "metrics.json", metrics)
+    _write_json(out / "history.json", history.rows)
+    if not last["saved"]:  # e.g. resumed into a new --out with nothing left to train
+        write_arrays_atomic(ckpt_path, checkpoint_arrays(model, optimizer, epoch=len(rows), history=history,
+                                                         config=config, loader=train_loader))
+    if plots_ok:
+        from . import plots
 
-            wrong = result.predictions != result.labels
-            index = int(np.flatnonzero(~wrong)[0]) if (~wrong).any() else 0
-            label = f"true {names[int(y_test[index])]}, test image {index}"
-            draws = [
-                ("history", lambda: plots.plot_history(history, out / "history.png",
-                                                       title=f"{config['model']} on {config['dataset']}")),
-                ("feature_maps", lambda: plots.plot_feature_maps(model, _normalise(x_test[index:index + 1]),
-                                                                 out / "feature_maps.png", label=label)),
-                ("filters", lambda: plots.plot_filters(model, out / "filters.png")),
-                ("confusion", lambda: plots.plot_confusion(result.confusion, out / "confusion_matrix.png", names)),
-                ("misclassified", lambda: plots.plot_misclassified(
-                    x_test, result.labels, result.predictions, out / "misclassified.png", names)),
-            ]
-            for name, draw in draws:
-                if not _plot(prog, quiet, written, name, draw):
-                    break
-    except KeyboardInterrupt:
-        return _interrupted(last, ckpt_path, prog)
+        wrong = result.predictions != result.labels
+        index = int(np.flatnonzero(~wrong)[0]) if (~wrong).any() else 0
+        label = f"true {names[int(y_test[index])]}, test image {index}"
+        draws = [
+            ("history", lambda: plots.plot_history(history, out / "history.png",
+                                                   title=f"{config['model']} on {config['dataset']}")),
+            ("feature_maps", lambda: plots.plot_feature_maps(model, _normalise(x_test[index:index + 1]),
+                                                             out / "feature_maps.png", label=label)),
+            ("filters", lambda: plots.plot_filters(model, out / "filters.png")),
+            ("confusion", lambda: plots.plot_confusion(result.confusion, out / "confusion_matrix.png", names)),
+            ("misclassified", lambda: plots.plot_misclassified(
+                x_test, result.labels, result.predictions, out / "misclassified.png", names)),
+        ]
+        for name, draw in draws:
+            if not _plot(prog, quiet, written, name, draw):
+                break
 
     files = ", ".join([CHECKPOINT_NAME, "metrics.json", "history.json", *written])
     print(f"test accuracy {100 * result.accuracy:.2f}% (loss {result.loss:.4f}) after {len(history)} epochs "
@@ -454,9 +584,12 @@ def _train(args, config, checkpoint, device, out: Path, train_data, test_data, p
     return 0
 
 
-def _interrupted(last: dict[str, Any], ckpt_path: Path, prog: str) -> int:
+def _interrupted(last: dict[str, Any], ckpt_path: Path, prog: str, hint: str, resumed_from: str | None) -> int:
     if last["arrays"] is None:
-        _note(prog, "interrupted before the first epoch finished: no checkpoint was written")
+        if resumed_from:
+            _note(prog, f"interrupted before training resumed: {resumed_from} is as it was")
+        else:
+            _note(prog, "interrupted before the first epoch finished: no checkpoint was written")
         return 130
     if not last["saved"]:
         try:
@@ -465,8 +598,7 @@ def _interrupted(last: dict[str, Any], ckpt_path: Path, prog: str) -> int:
         except KeyboardInterrupt:
             pass
     if last["saved"]:
-        _note(prog, f"interrupted: the checkpoint of epoch {last['epoch']} is {ckpt_path}; "
-                    f"continue with: python scripts/train.py --resume {ckpt_path}")
+        _note(prog, f"interrupted: the checkpoint of epoch {last['epoch']} is {ckpt_path}; continue with: {hint}")
     else:
         _note(prog, f"interrupted: could not write the checkpoint of epoch {last['epoch']}")
     return 130
@@ -495,6 +627,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
 
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
     prog = "evaluate.py"
+    out = created = None
     try:
         args = evaluate_parser().parse_args(argv)
         checkpoint = _load_checkpoint(args.checkpoint)
@@ -506,7 +639,8 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("the checkpoint does not name its dataset: pass --dataset")
         device = _device(args.device)
         if args.out:
-            _check_writable(Path(args.out))
+            out = Path(args.out)
+            created = _check_writable(out)
         images, labels = _load_split(dataset, args.data_dir, args.split)
         model = models.build(config["model"], seed=0, device=device)
         try:
@@ -514,6 +648,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
         except CheckpointError as exc:
             raise UsageError(_one_line(exc)) from None
     except UsageError as exc:
+        _remove_empty(out, created)
         print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
         return 2
     loader = DataLoader(images, labels, args.batch_size, shuffle=False, device=device)
@@ -560,7 +695,7 @@ def inspect_parser() -> argparse.ArgumentParser:
                 description="Per-layer forward/backward times and the feature maps of one test image.")
     p.add_argument("--checkpoint", help="a checkpoint.npz (default: a freshly initialised --model)")
     p.add_argument("--model", choices=tuple(models.MODELS), help="preset when no checkpoint is given (default: lenet5)")
-    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--dataset", choices=DATASET_NAMES,
                    help="where the test image comes from (default: the checkpoint's dataset, else mnist-sample)")
@@ -574,6 +709,7 @@ def inspect_parser() -> argparse.ArgumentParser:
 
 def inspect_main(argv: Sequence[str] | None = None) -> int:
     prog = "inspect.py"
+    out = created = None
     try:
         args = inspect_parser().parse_args(argv)
         checkpoint = _load_checkpoint(args.checkpoint) if args.checkpoint else None
@@ -589,7 +725,7 @@ def inspect_main(argv: Sequence[str] | None = None) -> int:
             out = Path(args.checkpoint).resolve().parent
         else:
             out = Path(".")
-        _check_writable(out)
+        created = _check_writable(out)
         images, labels = _load_split(dataset, args.data_dir, "test")
         if args.index >= len(labels):
             raise UsageError(f"--index {args.index} is out of range: the {dataset} test set has {len(labels)} images")
@@ -600,6 +736,7 @@ def inspect_main(argv: Sequence[str] | None = None) -> int:
             except CheckpointError as exc:
                 raise UsageError(_one_line(exc)) from None
     except UsageError as exc:
+        _remove_empty(out, created)
         print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
         return 2
     from .timing import format_layer_times, layer_times

@@ -54,6 +54,8 @@ def _error_cases(tmp_path, corrupt):
         "unknown dataset": ["--dataset", "cifar10"],
         "unknown device": ["--device", "tpu"],
         "negative lr": ["--lr", "-0.1"],
+        "seed beyond int64": ["--seed", str(2**63)],
+        "infinite momentum": ["--optimizer", "sgd", "--momentum", "inf"],
         "out is a file": ["--out", a_file],
         "out below a file": ["--out", a_file / "run"],
         "missing resume": ["--resume", tmp_path / "nope.npz"],
@@ -291,3 +293,126 @@ def test_resume_a_checkpoint_from_before_label_smoothing(tmp_path, capsys):
     assert keys
     for k in keys:
         np.testing.assert_allclose(b[k], a[k], rtol=1e-6, atol=1e-7, err_msg=k)
+
+
+def _rewrite_meta(path: Path, edit) -> None:
+    """Change a checkpoint's JSON 'meta' entry in place, as a damaged or hand-edited file would be."""
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    meta = json.loads(str(arrays["meta"]))
+    edit(meta)
+    arrays["meta"] = np.asarray(json.dumps(meta))
+    np.savez(path, **arrays)
+
+
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory):
+    """A finished one-epoch run of the notebook network on the sample: (its folder, its checkpoint)."""
+    out = tmp_path_factory.mktemp("one_epoch") / "run"
+    assert cli.train_main(["--dataset", "mnist-sample", "--model", "seed", "--epochs", "1", "--quiet", "--no-plots",
+                           "--out", str(out)]) == 0
+    return out, out / "checkpoint.npz"
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda m: m["config"].update(model="resnet"), "has a bad model: expected one of 'lenet5', 'seed', 'fashion', "
+                                                   "got 'resnet'"),
+    (lambda m: m["config"].update(optimizer="rmsprop"), "has a bad optimizer: expected one of 'adam', 'sgd'"),
+    (lambda m: m["config"].update(batch_size=0), "has a bad batch_size: expected a positive integer, got 0"),
+    (lambda m: m["config"].update(lr=-1), "has a bad lr: expected a positive number, got -1"),
+    (lambda m: m["config"].update(gamma=None), "has a bad gamma: expected a positive number, got None"),
+    (lambda m: m["config"].update(seed=-3), "has a bad seed: expected an integer in [0, 2**63), got -3"),
+    (lambda m: m["config"].update(schedule="step"), "has a bad schedule: expected one of"),
+    (lambda m: m.update(history=[{"epoch": 3}]), "has a bad history row 1"),
+    (lambda m: m.update(history=5), "has a bad 'history' in its 'meta' entry: expected a list, got int"),
+    (lambda m: m.update(model_rng=["x"]), "has a bad 'model_rng' in its 'meta' entry"),
+])
+def test_a_checkpoint_with_a_bad_configuration_is_refused(tmp_path, one_epoch, capsys, edit, message):
+    """Every value is checked as its flag would be, by train.py, evaluate.py and inspect.py alike."""
+    ckpt = tmp_path / "checkpoint.npz"
+    ckpt.write_bytes(one_epoch[1].read_bytes())
+    _rewrite_meta(ckpt, edit)
+    for main, args in [(cli.train_main, ["--resume", str(ckpt), "--epochs", "2", "--quiet", "--no-plots"]),
+                       (cli.evaluate_main, [str(ckpt)]),
+                       (cli.inspect_main, ["--checkpoint", str(ckpt), "--out", str(tmp_path)])]:
+        capsys.readouterr()
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_a_refused_run_removes_the_folders_it_made(tmp_path, one_epoch, capsys):
+    """--out is created to check it is writable; when the run is refused later (here: a checkpoint whose
+    weights do not fit its model), the empty folders go again, and a folder that existed before stays."""
+    ckpt = tmp_path / "ckpt.npz"
+    ckpt.write_bytes(one_epoch[1].read_bytes())
+    _rewrite_meta(ckpt, lambda m: m["config"].update(model="lenet5"))  # the weights are the seed network's
+    out = tmp_path / "new" / "deeper"
+    for main, args in [(cli.train_main, ["--resume", str(ckpt), "--out", str(out), "--quiet"]),
+                       (cli.evaluate_main, [str(ckpt), "--out", str(out)]),
+                       (cli.inspect_main, ["--checkpoint", str(ckpt), "--out", str(out)])]:
+        assert main(args) == 2
+        assert "does not fit the model" in capsys.readouterr().err
+        assert not (tmp_path / "new").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    assert cli.train_main(["--resume", str(ckpt), "--out", str(kept), "--quiet"]) == 2
+    assert kept.is_dir()
+
+
+def test_runs_started_together_get_folders_of_their_own(tmp_path):
+    base = tmp_path / "runs" / "mnist-sample-seed-20261129-120000"
+    first, second, third = (cli._new_run_dir(base) for _ in range(3))
+    assert [first.name, second.name, third.name] == [base.name, base.name + "-2", base.name + "-3"]
+    assert all(p.is_dir() for p in (first, second, third))
+
+
+def test_metrics_and_history_are_strict_json_when_training_diverges(tmp_path):
+    path = tmp_path / "metrics.json"
+    cli._write_json(path, {"test_loss": float("nan"), "rows": [{"loss": float("inf")}, {"loss": 1.5}]})
+
+    def refuse(name):
+        raise ValueError(f"not strict JSON: {name}")
+
+    assert json.loads(path.read_text(), parse_constant=refuse) == {"test_loss": None,
+                                                                   "rows": [{"loss": None}, {"loss": 1.5}]}
+
+
+def test_a_checkpoint_that_cannot_be_written_ends_with_one_line(tmp_path, monkeypatch, capsys):
+    """Disk full at the end of an epoch: status 1, one line naming the file and the reason, no traceback."""
+    def full(path, arrays):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cli, "write_arrays_atomic", full)
+    out = tmp_path / "run"
+    status = cli.train_main(["--dataset", "mnist-sample", "--model", "seed", "--epochs", "1", "--quiet",
+                             "--no-plots", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert status == 1
+    assert err == (f"train.py: error: cannot write the checkpoint of epoch 1 to {str(out / 'checkpoint.npz')!r}: "
+                   "No space left on device")
+
+
+def test_ctrl_c_before_training_starts(tmp_path, monkeypatch, capsys, one_epoch):
+    """Interrupted while loading data or building the model: status 130, one line, no traceback,
+    nothing left behind; a resumed run says its checkpoint is as it was."""
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(cli, "_load_data", interrupt)
+    assert cli.train_main(["--dataset", "mnist-sample", "--out", str(out), "--quiet"]) == 130
+    assert capsys.readouterr().err.strip() == "train.py: interrupted before training started: nothing was written"
+    assert not out.exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(cli.models, "build", interrupt)
+    ckpt = tmp_path / "checkpoint.npz"
+    ckpt.write_bytes(one_epoch[1].read_bytes())
+    assert cli.train_main(["--resume", str(ckpt), "--epochs", "2", "--quiet"]) == 130
+    assert capsys.readouterr().err.strip() == f"train.py: interrupted before training resumed: {ckpt} is as it was"
+
+
+def test_the_resume_hint_carries_the_flags_a_checkpoint_does_not_hold(tmp_path):
+    args = cli.train_parser().parse_args(["--data-dir", "/data/my mnist"])
+    hint = cli._resume_hint(args, cli.get_device("cpu"), tmp_path / "checkpoint.npz")
+    assert hint == f"python scripts/train.py --resume {tmp_path / 'checkpoint.npz'} --data-dir '/data/my mnist'"

@@ -67,6 +67,9 @@ class Sequential:
         bit, while the ReLU works on a quarter of the values.
         """
         backend.check_input(x, self.device, "the model")
+        if not self.device.xp.isdtype(x.dtype, "real floating"):
+            raise TypeError(f"the model expected floating-point input (N, C, H, W), got {x.dtype}: "
+                            "convert images first, e.g. (x / 255 - 0.1307) / 0.3081 as float32")
         with self.device.activate():
             for i in _execution_order(self.layers):
                 x = self.layers[i].forward(x)

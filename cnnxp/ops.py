@@ -233,6 +233,8 @@ def conv_chunk_size(per_image_bytes: int, batch: int, chunk_bytes: int | None = 
     Returns ``batch`` (no slicing) when the whole batch fits, and at least 1. Slices are
     balanced: 65 images at 64 per slice become 33 + 32, not 64 + 1.
     """
+    if batch < 1:  # an empty batch: one (empty) piece
+        return 1
     limit = CONV_CHUNK_BYTES if chunk_bytes is None else int(chunk_bytes)
     step = max(1, min(batch, limit // max(1, per_image_bytes)))
     slices = -(-batch // step)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import numbers
 import os
 import sys
 import tempfile
@@ -260,8 +261,9 @@ def fit(
     -------
     History
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+    epochs = int(epochs)
     history = History() if history is None else history
     xp = model.device.xp
     steps_per_epoch = len(train_loader)
@@ -400,15 +402,19 @@ def predict(model, x, batch_size: int | None = None):
     classes : int array (N,)
     probabilities : array (N, classes), rows sum to one
     """
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
+                                   or batch_size < 1):
+        raise ValueError(f"predict: batch_size must be a positive integer or None, got {batch_size!r}")
     x = to_device(x, model.device)
     xp = model.device.xp
     n = int(x.shape[0])
-    step = n if not batch_size else int(batch_size)
+    step = max(n, 1) if batch_size is None else int(batch_size)
     was_training = model.training
     model.eval()
     try:
         with model.device.activate():
-            outs = [model(x[i:i + step, ...]) for i in range(0, n, max(step, 1))]
+            # an empty batch goes through once, so the result has the right shape (0, classes)
+            outs = [model(x[i:i + step, ...]) for i in range(0, max(n, 1), step)]
             logits = outs[0] if len(outs) == 1 else xp.concat(outs)
             probs = ops.softmax(logits, axis=1)
             return xp.argmax(probs, axis=1), probs
@@ -541,6 +547,17 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(
             f"checkpoint {str(path)!r} has format {meta.get('format')!r}, this version reads {CHECKPOINT_FORMAT}"
         )
+    for key, kind in (("config", dict), ("model_rng", dict), ("history", list)):
+        if key in meta and not isinstance(meta[key], kind):
+            raise CheckpointError(f"checkpoint {str(path)!r} has a bad {key!r} in its 'meta' entry: expected "
+                                  f"a {kind.__name__}, got {type(meta[key]).__name__}")
+    for i, row in enumerate(meta.get("history", [])):
+        if not isinstance(row, dict) or row.get("epoch") != i + 1:
+            raise CheckpointError(f"checkpoint {str(path)!r} has a bad history row {i + 1}: expected "
+                                  f"a dict of that epoch's metrics with \"epoch\": {i + 1}")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.get("model_rng", {}).items()):
+        raise CheckpointError(f"checkpoint {str(path)!r} has a bad 'model_rng' entry: expected layer indices "
+                              "mapped to generator states")
     parts: dict[str, dict[str, Any]] = {"model": {}, "optimizer": {}, "loader": {}}
     for key, value in arrays.items():
         group, _, name = key.partition("/")
@@ -568,7 +585,12 @@ def restore(checkpoint: Checkpoint, model, optimizer=None, loader=None) -> None:
     except (KeyError, ValueError) as exc:
         where = f" {str(checkpoint.path)!r}" if checkpoint.path else ""
         raise CheckpointError(f"checkpoint{where} does not fit the model: {exc.args[0]}") from None
-    model.set_rng_state(checkpoint.model_rng)
+    try:
+        model.set_rng_state(checkpoint.model_rng)
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+        where = f" {str(checkpoint.path)!r}" if checkpoint.path else ""
+        raise CheckpointError(f"checkpoint{where} has random-generator states that do not fit the model "
+                              f"({type(exc).__name__}: {exc})") from None
     if optimizer is not None and checkpoint.optimizer_state:
         optimizer.load_state_dict(checkpoint.optimizer_state)
     if loader is not None and checkpoint.loader_state is not None:

@@ -340,3 +340,45 @@ def test_fit_label_smoothing_errors(tiny):
         np.testing.assert_array_equal(value, before[key], err_msg=key)
     # a custom loss with the default label_smoothing=0 is fine
     T.fit(model, SGD(model, 0.1), DataLoader(x[:16], y[:16], 16), 1, loss_fn=custom, progress=False, log=None)
+
+
+def test_predict_and_the_model_on_odd_inputs():
+    """Integer pixels are refused with what to do; an empty batch gives empty results, as in PyTorch;
+    a bad batch size is named."""
+    model = models.lenet5(seed=0)
+    with pytest.raises(TypeError, match=r"^the model expected floating-point input \(N, C, H, W\), got uint8: "
+                                        r"convert images first"):
+        T.predict(model, np.zeros((3, 1, 28, 28), np.uint8))
+    with pytest.raises(TypeError, match="got int64"):
+        model(np.zeros((3, 1, 28, 28), np.int64))
+    classes, probs = T.predict(model, np.zeros((0, 1, 28, 28), np.float32))
+    assert classes.shape == (0,) and probs.shape == (0, 10)
+    for bad in (0, -2, 2.5, True):
+        with pytest.raises(ValueError, match=rf"^predict: batch_size must be a positive integer or None, got {bad!r}$"):
+            T.predict(model, np.zeros((3, 1, 28, 28), np.float32), batch_size=bad)
+    x = np.random.default_rng(0).standard_normal((5, 1, 28, 28)).astype(np.float32)
+    whole, sliced = T.predict(model, x)[1], T.predict(model, x, batch_size=np.int64(2))[1]
+    np.testing.assert_allclose(cnnxp.to_numpy(sliced), cnnxp.to_numpy(whole), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("make", [models.lenet5, models.seed_cnn])
+def test_an_empty_batch_goes_through_training_too(make):
+    model = make(seed=0)
+    out = model(np.zeros((0, 1, 28, 28), np.float32))
+    assert out.shape == (0, 10)
+    assert model.backward(np.zeros_like(out)).shape == (0, 1, 28, 28)
+    assert all(float(np.abs(g).sum()) == 0.0 for layer in model for g in layer.grads.values())
+
+
+def test_fit_takes_numpy_integers_for_epochs(tiny):
+    (x, y), _ = tiny
+    model = models.seed_cnn(seed=0)
+    history = T.fit(model, SGD(model, lr=0.01), DataLoader(x, y, 16), np.int64(1), progress=False)
+    assert len(history) == 1
+
+
+def test_loader_seed_must_fit_int64():
+    x, y = np.zeros((4, 28, 28), np.uint8), np.zeros(4, np.int64)
+    with pytest.raises(ValueError, match=r"^DataLoader: seed must be below 2\*\*63, got 9223372036854775808$"):
+        DataLoader(x, y, 2, seed=2**63)
+    assert DataLoader(x, y, 2, seed=2**63 - 1).state_dict()["seed"] == 2**63 - 1

@@ -118,6 +118,8 @@ class DataLoader:
             )
         self.batch_size = _check_int(batch_size, "batch_size", 1)
         self.seed = _check_int(seed, "seed", 0)
+        if self.seed >= 2**63:  # stored as int64 in the loader's state and in checkpoints
+            raise ValueError(f"DataLoader: seed must be below 2**63, got {self.seed}")
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
         self.random_shift = _check_int(random_shift, "random_shift", 0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
@@ -42,7 +44,7 @@ class Flatten(Layer):
         if getattr(x, "ndim", 0) < 2:
             raise ValueError(f"Flatten expected input with a batch axis (N, ...), got {tuple(x.shape)}")
         self.cache = x
-        return array_namespace(x).reshape(x, (x.shape[0], -1))
+        return array_namespace(x).reshape(x, (x.shape[0], math.prod(x.shape[1:])))  # not -1: N may be 0
 
     def backward(self, grad_out, need_input_grad=True):
         self._need_cache()

@@ -61,6 +61,9 @@ def softmax_cross_entropy(logits, labels, *, label_smoothing: float = 0.0, check
     target = xp.astype(labels[:, None] == classes[None, :], logits.dtype)
     if label_smoothing:
         target = target * (1.0 - label_smoothing) + label_smoothing / k
-    loss = -xp.sum(log_probs * target) / n
+    # Only the classes the target weighs enter the sum (a masked -inf logit times a zero weight
+    # would be NaN); as in PyTorch, the loss is finite whenever the labelled class's log-probability is.
+    weighed = xp.where(target > 0, log_probs, xp.zeros((), dtype=log_probs.dtype, device=device_of(logits)))
+    loss = -xp.sum(weighed * target) / n
     grad = (xp.exp(log_probs) - target) / n
     return loss, grad

@@ -64,7 +64,8 @@ class Sequential:
         A ``ReLU`` directly followed by a ``MaxPool2D`` runs after the pooling instead: the two
         commute exactly (the maximum of rectified values is the rectified maximum, and the
         first maximum is the same element), so outputs and gradients are unchanged, bit for
-        bit, while the ReLU works on a quarter of the values.
+        bit, while the ReLU works on a quarter of the values. (Inputs holding NaN are the
+        exception: the outputs are NaN either way, but the gradient may reach another element.)
         """
         backend.check_input(x, self.device, "the model")
         if not self.device.xp.isdtype(x.dtype, "real floating"):

@@ -658,9 +658,10 @@ def maxpool2d_forward(x, kernel_size, stride=None, padding=0, fast=None):
     strided slices and find the first maximum again in backward, which is much
     cheaper than stacking every window and keeping an ``argmax``; overlapping
     windows take the general stacked path. ``fast=True`` / ``False`` forces one
-    (both give identical results for finite inputs; a window holding NaN outputs
-    NaN on both, but the fast path then sends that window's gradient to its last
-    element, where PyTorch sends it to the NaN).
+    (both give identical results for inputs without NaN, -inf included: the padding
+    never takes a gradient; a window holding NaN outputs NaN on both, but the fast
+    path then sends that window's gradient to its last element and the general one
+    to its first NaN or first element, where PyTorch sends it to the last NaN).
 
     Returns ``(out, cache)``.
     """
@@ -676,7 +677,12 @@ def maxpool2d_forward(x, kernel_size, stride=None, padding=0, fast=None):
         slices = window_slices(kernel, stride, out_size)
         windows = xp.stack([xpad[:, :, si, sj] for si, sj in slices], axis=0)
         out = xp.max(windows, axis=0)
-        argmax = xp.argmax(windows, axis=0)
+        if padding == (0, 0):
+            argmax = xp.argmax(windows, axis=0)
+        else:  # the first in-bounds maximum: the padding, now NaN, equals nothing
+            _padding_equals_nothing(xpad, padding)
+            hits = xp.stack([xpad[:, :, si, sj] == out for si, sj in slices], axis=0)
+            argmax = xp.argmax(xp.astype(hits, xp.int8), axis=0)
         return out, ("windows", argmax, *geometry)
     (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_size
     # Separable maximum: over the kernel's rows first, then over its columns.
@@ -690,7 +696,27 @@ def maxpool2d_forward(x, kernel_size, stride=None, padding=0, fast=None):
         out = part if out is None else xp.maximum(out, part)
     if kh * kw == 1:
         out = xp.asarray(out, copy=True)
+    if padding != (0, 0):  # so that backward's first-maximum search skips it
+        _padding_equals_nothing(xpad, padding)
     return out, ("first-max", (xpad, out), *geometry)
+
+
+def _padding_equals_nothing(xpad, padding) -> None:
+    """Overwrite the padding of a private padded copy with NaN, which compares equal to nothing.
+
+    The maxima are taken with -inf padding; the search for each window's first maximum then
+    never lands on the padding, even where every input of the window is -inf (PyTorch's rule:
+    the first in-bounds element).
+    """
+    ph, pw = padding
+    h, w = xpad.shape[2], xpad.shape[3]
+    nan = float("nan")
+    if ph:
+        xpad[:, :, :ph, :] = nan
+        xpad[:, :, h - ph :, :] = nan
+    if pw:
+        xpad[:, :, :, :pw] = nan
+        xpad[:, :, :, w - pw :] = nan
 
 
 def maxpool2d_backward(grad_out, cache):

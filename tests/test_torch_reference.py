@@ -91,6 +91,28 @@ def test_maxpool2d_ties_follow_torch():
         run_both(layers.MaxPool2D(k, s, p), x, lambda t, _, k=k, s=s, p=p: F.max_pool2d(t, k, s, p), {}, rng)
 
 
+@pytest.mark.parametrize("k,s,p", [((1, 2), (1, 2), (0, 1)), ((1, 3), 1, (0, 1)), (2, 2, 1), (3, 1, 1), (3, 2, 1)])
+def test_maxpool2d_padding_never_takes_the_gradient(k, s, p):
+    """Windows whose inputs are all -inf tie with the -inf padding: PyTorch gives the gradient to the
+    first in-bounds element, on both paths (disjoint and overlapping windows)."""
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((2, 2, 5, 6))
+    x[0] = -np.inf
+    x[1, :, ::2, 1::2] = -np.inf
+    for fast in (None, False):
+        layer = layers.MaxPool2D(k, s, p)
+        out = layer(x) if fast is None else None
+        if fast is False:  # the general (stacked windows) path for disjoint windows too
+            from cnnxp import ops
+            out, layer.cache = ops.maxpool2d_forward(x, k, s, p, fast=False)
+        g = rng.random(out.shape)
+        t = torch.tensor(x, requires_grad=True)
+        tout = F.max_pool2d(t, k, s, p)
+        tout.backward(torch.tensor(g))
+        np.testing.assert_array_equal(out, tout.detach().numpy())
+        np.testing.assert_allclose(layer.backward(g), t.grad.numpy(), rtol=1e-14, atol=0)  # sums may differ in order
+
+
 @pytest.mark.parametrize("cfg", list(pool_configs(12, seed=7)), ids=str)
 def test_avgpool2d_matches_torch(cfg):
     rng = np.random.default_rng(8)
@@ -109,9 +131,11 @@ def test_dense_matches_torch(n, i, o, bias):
 
 
 @pytest.mark.parametrize("scale", [1.0, 30.0, 1e4])
-def test_softmax_matches_torch(scale):
+@pytest.mark.parametrize("shape", [(6, 10), (2, 5, 3, 4)])
+def test_softmax_matches_torch(scale, shape):
+    """Over axis 1, as ``torch.nn.Softmax(dim=1)``, for (N, classes) and (N, C, H, W) alike."""
     rng = np.random.default_rng(10)
-    x = rng.standard_normal((6, 10)) * scale
+    x = rng.standard_normal(shape) * scale
     run_both(layers.Softmax(), x, lambda t, _: F.softmax(t, dim=1), {}, rng)
 
 
@@ -160,6 +184,21 @@ def test_softmax_cross_entropy_matches_torch(n, k, scale):
     assert np.isfinite(float(loss))
     assert abs(float(loss) - tloss.item()) <= RTOL * max(1.0, abs(tloss.item()))
     assert rel_err(grad, t.grad.numpy()) < RTOL
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in subtract:RuntimeWarning")  # 1e308 - -1e308 is inf
+@pytest.mark.parametrize("logits", [[[2.0, -np.inf, 0.5]], [[1e308, -1e308]], [[-np.inf, 3.0], [0.0, 1.0]]])
+def test_cross_entropy_is_finite_where_torchs_is(logits):
+    """A masked (-inf) logit or logits too far apart for the shift: only the labelled class counts."""
+    logits = np.array(logits)
+    labels = np.array([0, 1][: len(logits)]) if len(logits) > 1 else np.array([0])
+    labels[0] = int(np.argmax(logits[0]))
+    loss, grad = losses.softmax_cross_entropy(logits, labels)
+    t = torch.tensor(logits, requires_grad=True)
+    tloss = F.cross_entropy(t, torch.tensor(labels))
+    tloss.backward()
+    assert np.isfinite(float(loss)) and float(loss) == pytest.approx(tloss.item(), rel=1e-12, abs=1e-300)
+    np.testing.assert_allclose(grad, t.grad.numpy(), rtol=1e-12, atol=1e-300)
 
 
 def test_lenet5_step_matches_torch():

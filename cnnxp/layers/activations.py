@@ -57,14 +57,15 @@ class Flatten(Layer):
 
 
 class Softmax(Layer):
-    """Probabilities over axis 1, with the true Jacobian-vector product as backward.
+    """Probabilities over axis 1 of ``(N, classes, ...)``, with the true Jacobian-vector product as backward.
 
     To train a classifier, feed the logits to `cnnxp.losses.softmax_cross_entropy`
     instead: it fuses the two and is exact for any logits.
     """
 
     def forward(self, x):
-        self._check_rank(x, 2, "(N, classes)")
+        if getattr(x, "ndim", 2) < 2:
+            self._check_rank(x, 2, "(N, classes, ...)")
         self.cache = ops.softmax(x, axis=1)
         return self.cache
 

@@ -427,7 +427,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             _remove_empty(out, created)
             _note(prog, "interrupted before training started: nothing was written")
             return 130
-        return _train(args, config, checkpoint, device, out, (x_train, y_train), (x_test, y_test), prog)
+        return _train(args, config, checkpoint, device, out, (x_train, y_train), (x_test, y_test), prog, created)
     except UsageError as exc:
         _remove_empty(out, created)
         print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
@@ -444,7 +444,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGINT, previous_handler)
 
 
-def _train(args, config, checkpoint, device, out: Path, train_data, test_data, prog: str) -> int:
+def _train(args, config, checkpoint, device, out: Path, train_data, test_data, prog: str,
+           created: Path | None) -> int:
     ckpt_path = out / CHECKPOINT_NAME
     # The last finished epoch as host arrays, and whether that state is on disk at ckpt_path.
     last = {"arrays": None, "epoch": 0, "saved": False}
@@ -452,6 +453,8 @@ def _train(args, config, checkpoint, device, out: Path, train_data, test_data, p
     try:
         return _run(args, config, checkpoint, device, out, train_data, test_data, prog, ckpt_path, last)
     except KeyboardInterrupt:
+        if last["arrays"] is None:
+            _remove_empty(out, created)  # the folders this run made, if nothing went into them yet
         return _interrupted(last, ckpt_path, prog, hint, args.resume)
 
 

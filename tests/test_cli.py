@@ -406,6 +406,10 @@ def test_ctrl_c_before_training_starts(tmp_path, monkeypatch, capsys, one_epoch)
     assert not out.exists()
     monkeypatch.undo()
     monkeypatch.setattr(cli.models, "build", interrupt)
+    assert cli.train_main(["--dataset", "mnist-sample", "--out", str(out), "--quiet"]) == 130
+    assert capsys.readouterr().err.strip() == ("train.py: interrupted before the first epoch finished: "
+                                               "no checkpoint was written")
+    assert not out.exists()
     ckpt = tmp_path / "checkpoint.npz"
     ckpt.write_bytes(one_epoch[1].read_bytes())
     assert cli.train_main(["--resume", str(ckpt), "--epochs", "2", "--quiet"]) == 130

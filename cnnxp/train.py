@@ -33,6 +33,7 @@ import numpy as np  # host side only: checkpoint files and metrics after to_nump
 
 from . import ops
 from .backend import to_device, to_numpy
+from .data.idx import usual_file_mode
 from .losses import check_label_smoothing, softmax_cross_entropy
 from .timing import synchronize
 
@@ -477,12 +478,6 @@ def _write_npz(file, arrays: dict[str, np.ndarray]) -> None:
     np.savez(file, **arrays)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_arrays_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
     """Write ``arrays`` as an ``.npz`` to ``path`` through a temporary file in the same directory.
 
@@ -497,7 +492,7 @@ def write_arrays_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) 
             _write_npz(f, arrays)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
+        os.chmod(tmp_name, usual_file_mode())  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp_name, path)
     except BaseException:
         try:

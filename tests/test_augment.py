@@ -231,6 +231,30 @@ def test_shift_keeps_every_image_a_shifted_copy(backend):
     assert len(moves) > 15  # 25 possible moves, each image its own
 
 
+@pytest.mark.parametrize("s", [9, 12, 10**6])
+def test_shift_beyond_the_image_is_background_and_cheap(s):
+    """Moves of the image's size or more leave background; the padding stays image-sized, so a
+    million pixels costs what nine do (it used to pad by the bound: gigabytes)."""
+    x = pixels(30, 1, 7, 9, seed=4)
+    out = RandomShift(s)(x.astype(np.float32), np.random.default_rng(5))
+    moves = s - np.random.default_rng(5).integers(0, 2 * s + 1, size=(30, 2))
+    h, w = x.shape[-2:]
+    for i, (dy, dx) in enumerate(moves):
+        gone = abs(dy) >= h or abs(dx) >= w
+        expected = np.zeros_like(x[i]) if gone else _shifted(x[i], int(dy), int(dx))
+        np.testing.assert_array_equal(out[i], expected, err_msg=f"image {i}")
+
+
+def test_affine_shifts_too_large_for_float32_give_background():
+    x = pixels(8, 1, 28, 28, seed=6).astype(np.float32)
+    for translate in (1e39, 1e300):
+        out = RandomAffine(10, translate, 0.1)(x, np.random.default_rng(7))
+        assert np.all(out == 0)
+    # below the clamp nothing changes: a shift of 300 pixels is the plain reference's
+    np.testing.assert_allclose(RandomAffine(10, 300.0, 0.1)(x, np.random.default_rng(7)),
+                               reference_affine(x, 10, 300.0, 0.1, 7), rtol=1e-5, atol=1e-3)
+
+
 def test_shift_zero_returns_the_batch_and_draws_nothing():
     x = pixels(3)
     rng = np.random.default_rng(0)

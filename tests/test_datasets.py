@@ -302,6 +302,31 @@ def test_offline_error_names_files_dirs_and_ways_out(served, tmp_path, monkeypat
     assert files_under(tmp_path / "given") == []
 
 
+def test_downloaded_files_get_the_usual_permissions(served, tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        load_dataset("mnist", "test", data_dir=tmp_path / "shared")
+    finally:
+        os.umask(mask)
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in files_under(tmp_path / "shared")}
+    assert modes and set(modes.values()) == {oct(0o644)}, modes
+
+
+def test_a_download_folder_that_cannot_be_made_is_said_once(served, tmp_path, capsys):
+    """A local problem is not blamed on every mirror, and the ways out name where files would go."""
+    a_file = tmp_path / "not-a-dir"
+    a_file.write_text("x")
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_dataset("mnist", "test", data_dir=a_file / "mnist")
+    message = str(info.value)
+    assert f"cannot create {str(a_file / 'mnist')!r} for the download" in message
+    assert message.count("cannot create") == 1 and served["requests"] == []
+    assert f"downloaded into {a_file / 'mnist'}" in message
+    assert "downloading" not in capsys.readouterr().err
+
+
 def test_no_download_when_not_allowed(served):
     with pytest.raises(DatasetNotFoundError, match="download=False"):
         load_dataset("mnist", "train", download=False)

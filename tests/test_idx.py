@@ -57,6 +57,13 @@ CORRUPT = {
     "trailing bytes": (_valid() + b"\x00\x00", "2 trailing bytes"),
     "empty file": (b"", "empty file"),
     "zero dimensions": (struct.pack(">HBB", 0, 0x08, 0), "0 dimensions"),
+    "more dimensions than an array has": (struct.pack(">HBB", 0, 0x08, 65) + b"\x00\x00\x00\x01" * 65,
+                                          "65 dimensions, more than an array can have"),
+    # sizes whose product overflows int64, or wraps to exactly 0: still "truncated", with the true size
+    "huge declared size": (struct.pack(">HBB2I", 0, 0x08, 2, 2**32 - 1, 2**32 - 1) + b"x" * 10,
+                           "needs 18446744065119617025 bytes"),
+    "size wrapping to zero": (struct.pack(">HBB3I", 0, 0x08, 3, 2**31, 2**31, 4),
+                              "needs 18446744073709551616 bytes"),
 }
 
 
@@ -101,3 +108,16 @@ def test_write_rejects_unsupported(tmp_path):
     with pytest.raises(ValueError, match="1 to 255 dimensions"):
         write_idx(tmp_path / "x", np.uint8(3))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    """Not mkstemp's 0600: a shared data directory stays readable, as with any file the user writes."""
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        for name in ("a-idx1-ubyte", "b-idx1-ubyte.gz"):
+            path = write_idx(tmp_path / name, np.arange(3, dtype=np.uint8))
+            assert oct(path.stat().st_mode & 0o777) == oct(0o644)
+    finally:
+        os.umask(mask)

@@ -70,19 +70,22 @@ class RandomShift:
             return images
         xp = array_namespace(images)
         n, c, h, w = images.shape
-        wp = w + 2 * s
-        # Image i takes the window starting at its offset (dy_i, dx_i) in [0, 2s] of the padded batch:
+        # A shift by the image's size or more leaves only background, so offsets beyond it are
+        # clamped there (same images), and the padding never exceeds the image.
+        m = min(s, max(h, w))
+        wp = w + 2 * m
+        # Image i takes the window starting at its offset (dy_i, dx_i) in [0, 2m] of the padded batch:
         # two integers per image cross to the device; the flat indices are made there.
-        offsets = rng.integers(0, 2 * s + 1, size=(n, 2))
+        offsets = np.clip(rng.integers(0, 2 * s + 1, size=(n, 2)) - s, -m, m) + m
         start = _on_device((offsets[:, 0] * wp + offsets[:, 1]).astype(np.int64), images)
         dev = device_of(images)
-        size = (h + 2 * s) * wp
+        size = (h + 2 * m) * wp
         rows = xp.arange(h, dtype=xp.int64, device=dev)
         cols = xp.arange(w, dtype=xp.int64, device=dev)
         window = xp.reshape(rows[:, None] * wp + cols[None, :], (1, 1, h * w))
         first = xp.reshape(xp.arange(n * c, dtype=xp.int64, device=dev) * size, (n, c, 1))
         index = xp.reshape(window + (first + xp.reshape(start, (n, 1, 1))), (n * c * h * w,))
-        moved = xp.take(xp.reshape(_pad(images, s), (n * c * size,)), index)
+        moved = xp.take(xp.reshape(_pad(images, m), (n * c * size,)), index)
         return xp.reshape(moved, (n, c, h, w))
 
     def spec(self) -> str:
@@ -120,6 +123,10 @@ class RandomAffine:
         angle = np.deg2rad(rng.uniform(-self.degrees, self.degrees, n))
         zoom = rng.uniform(1.0 - self.scale, 1.0 + self.scale, n)
         shift = rng.uniform(-self.translate, self.translate, (2, n))
+        # Beyond 4 (h + w + 2) pixels every output pixel reads background whatever the rotation and
+        # zoom (zoom < 2), so larger shifts are clamped there: same images, and float32 stays finite.
+        limit = 4.0 * (h + w + 2)
+        shift = np.clip(shift, -limit, limit)
         # Four numbers per image cross to the device; the per-pixel geometry is computed there.
         coef = _on_device(np.stack([np.cos(angle) / zoom, np.sin(angle) / zoom, shift[0], shift[1]])
                           .astype(np.float32)[:, :, None, None], images)

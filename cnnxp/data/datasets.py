@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .idx import read_idx
+from .idx import read_idx, usual_file_mode
 
 __all__ = ["DATASETS", "DatasetNotFoundError", "load_dataset", "cache_dir", "search_dirs"]
 
@@ -125,7 +125,6 @@ def _fetch(url: str, target: Path, sha256: str, timeout: float) -> None:
 
     Nothing is left behind unless the whole file arrived and its SHA-256 matches.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     tmp = Path(tmp_name)
     try:
@@ -144,6 +143,7 @@ def _fetch(url: str, target: Path, sha256: str, timeout: float) -> None:
             raise ValueError(
                 f"checksum mismatch ({size} bytes, sha256 {digest.hexdigest()}, expected {sha256})"
             )
+        os.chmod(tmp, usual_file_mode())  # readable as the user's other files are, not 0600
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -154,6 +154,10 @@ def _download(name: str, filename: str, target_dir: Path, mirrors: list[str], ti
     sha256 = DATASETS[name].get("sha256", {}).get(filename)
     if sha256 is None:
         raise OSError(f"no published SHA-256 for {filename}, refusing to download it unchecked")
+    try:  # a local problem, not a mirror's: say so once
+        target_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"cannot create {str(target_dir)!r} for the download: {exc.strerror or exc}") from None
     failures = []
     for mirror in mirrors:
         url = mirror if mirror.endswith("/") else mirror + "/"
@@ -175,7 +179,8 @@ def _download(name: str, filename: str, target_dir: Path, mirrors: list[str], ti
     raise OSError("; ".join(failures) if failures else "no mirrors configured")
 
 
-def _not_found(name: str, split: str, missing: list[str], dirs: list[Path], why: str) -> DatasetNotFoundError:
+def _not_found(name: str, split: str, missing: list[str], dirs: list[Path], why: str,
+               target_dir: Path) -> DatasetNotFoundError:
     looked = ", ".join(f"{stem}[.gz]" for stem in missing)
     tried = "\n".join(f"  {d}" for d in dirs)
     return DatasetNotFoundError(
@@ -183,7 +188,7 @@ def _not_found(name: str, split: str, missing: list[str], dirs: list[Path], why:
         f"and {why}.\n"
         f"Ways out: put the IDX files (raw or .gz) in a directory and pass --data-dir DIR "
         f"(data_dir= in Python) or set CNNXP_DATA=DIR; run once with network access so they are "
-        f"downloaded into the cache {cache_dir(name)}; or use the bundled sample: --dataset mnist-sample."
+        f"downloaded into {target_dir}; or use the bundled sample: --dataset mnist-sample."
     )
 
 
@@ -264,15 +269,15 @@ def load_dataset(
     found = {stem: _find(stem, dirs) for stem in stems}
     missing = [stem for stem, path in found.items() if path is None]
     if missing:
-        if not download:
-            raise _not_found(name, split, missing, dirs, "download=False")
         target_dir = Path(data_dir) if data_dir is not None else cache_dir(name)
+        if not download:
+            raise _not_found(name, split, missing, dirs, "download=False", target_dir)
         urls = list(spec.get("mirrors", []) if mirrors is None else mirrors)
         for stem in missing:
             try:
                 found[stem] = _download(name, f"{stem}.gz", target_dir, urls, timeout)
             except OSError as exc:
-                raise _not_found(name, split, missing, dirs, f"downloading failed: {exc}") from exc
+                raise _not_found(name, split, missing, dirs, f"downloading failed: {exc}", target_dir) from exc
 
     paths = (found[stems[0]], found[stems[1]])
     images, labels = read_idx(paths[0]), read_idx(paths[1])

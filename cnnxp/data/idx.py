@@ -11,6 +11,7 @@ alone does not say which one to fetch again.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import tempfile
@@ -85,6 +86,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"{path}: unknown IDX element type code 0x{code:02X} (expected one of {known})")
     if ndim == 0:
         raise ValueError(f"{path}: IDX header declares 0 dimensions")
+    if ndim > 64:  # NumPy's limit
+        raise ValueError(f"{path}: IDX header declares {ndim} dimensions, more than an array can have (64)")
     header_len = 4 + 4 * ndim
     if len(data) < header_len:
         raise ValueError(
@@ -93,7 +96,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         )
     shape = struct.unpack(f">{ndim}I", data[4:header_len])
     dtype = IDX_DTYPES[code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python integers: no overflow for absurd headers
     payload = len(data) - header_len
     if payload < expected:
         raise ValueError(
@@ -106,6 +109,13 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         )
     array = np.frombuffer(data, dtype=dtype, count=expected // dtype.itemsize, offset=header_len)
     return array.astype(dtype.newbyteorder("="), copy=True).reshape(shape)
+
+
+def usual_file_mode() -> int:
+    """``0o666`` less the process's umask: the mode ``open()`` gives a new file (``mkstemp`` gives ``0o600``)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def write_idx(path: str | os.PathLike, array) -> Path:
@@ -135,6 +145,7 @@ def write_idx(path: str | os.PathLike, array) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, usual_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

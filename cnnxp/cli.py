@@ -283,7 +283,10 @@ def _normalise(images: np.ndarray) -> np.ndarray:
 
 
 def _plot(prog: str, quiet: bool, written: list[str], name: str, draw) -> bool:
-    """Draw one plot; on a missing matplotlib print one note and return False (stop drawing)."""
+    """Draw one plot; on a missing matplotlib print one note and return False (stop drawing).
+
+    A picture that cannot be written raises RunError naming the file.
+    """
     from .plots import PlotsUnavailable
 
     try:
@@ -291,6 +294,9 @@ def _plot(prog: str, quiet: bool, written: list[str], name: str, draw) -> bool:
     except PlotsUnavailable as exc:
         _note(prog, f"note: {exc}")
         return False
+    except OSError as exc:
+        where = repr(exc.filename) if exc.filename else f"the {name} picture"
+        raise RunError(f"cannot write {where}: {exc.strerror or exc}") from None
     written.append(Path(path).name)
     return True
 
@@ -653,39 +659,44 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
         _remove_empty(out, created)
         print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
         return 2
-    loader = DataLoader(images, labels, args.batch_size, shuffle=False, device=device)
-    start = time.perf_counter()
-    result = evaluate(model, loader, return_predictions=True)
-    seconds = time.perf_counter() - start
-    names = _class_names(dataset)
-    print(f"{config['model']} from {args.checkpoint} (epoch {checkpoint.epoch}) on {dataset} {args.split} "
-          f"({result.num_samples:,} images, device {device.name}, {seconds:.1f} s)")
-    print(f"{args.split} accuracy {100 * result.accuracy:.2f}%  loss {result.loss:.4f}")
-    print()
-    width = max(len(n) for n in names)
-    print(f"{'class':<{width}}  accuracy   images")
-    for i, acc in enumerate(result.per_class_accuracy):
-        print(f"{names[i]:<{width}}  {100 * acc:7.2f}%  {int(result.confusion[i].sum()):7,}")
-    print()
-    print("confusion matrix (rows: true class, columns: predicted class)")
-    k = result.confusion.shape[0]
-    cell = max(5, len(str(int(result.confusion.max()))) + 1)
-    print(" " * (width + 1) + "".join(f"{j:>{cell}}" for j in range(k)))
-    for i in range(k):
-        print(f"{names[i]:<{width}} " + "".join(f"{int(v):>{cell}}" for v in result.confusion[i]))
-    if args.out:
-        from . import plots
+    try:
+        loader = DataLoader(images, labels, args.batch_size, shuffle=False, device=device)
+        start = time.perf_counter()
+        result = evaluate(model, loader, return_predictions=True)
+        seconds = time.perf_counter() - start
+        names = _class_names(dataset)
+        print(f"{config['model']} from {args.checkpoint} (epoch {checkpoint.epoch}) on {dataset} {args.split} "
+              f"({result.num_samples:,} images, device {device.name}, {seconds:.1f} s)")
+        print(f"{args.split} accuracy {100 * result.accuracy:.2f}%  loss {result.loss:.4f}")
+        print()
+        width = max(len(n) for n in names)
+        print(f"{'class':<{width}}  accuracy   images")
+        for i, acc in enumerate(result.per_class_accuracy):
+            print(f"{names[i]:<{width}}  {100 * acc:7.2f}%  {int(result.confusion[i].sum()):7,}")
+        print()
+        print("confusion matrix (rows: true class, columns: predicted class)")
+        k = result.confusion.shape[0]
+        cell = max(5, len(str(int(result.confusion.max()))) + 1)
+        print(" " * (width + 1) + "".join(f"{j:>{cell}}" for j in range(k)))
+        for i in range(k):
+            print(f"{names[i]:<{width}} " + "".join(f"{int(v):>{cell}}" for v in result.confusion[i]))
+        if args.out:
+            from . import plots
 
-        out = Path(args.out)
-        written: list[str] = []
-        if _plot(prog, False, written, "confusion",
-                 lambda: plots.plot_confusion(result.confusion, out / "confusion_matrix.png", names,
-                                              title=f"Confusion matrix ({dataset} {args.split})")):
-            _plot(prog, False, written, "misclassified",
-                  lambda: plots.plot_misclassified(images, result.labels, result.predictions,
-                                                   out / "misclassified.png", names))
-        if written:
-            print(f"wrote {', '.join(str(out / w) for w in written)}")
+            out = Path(args.out)
+            written: list[str] = []
+            if _plot(prog, False, written, "confusion",
+                     lambda: plots.plot_confusion(result.confusion, out / "confusion_matrix.png", names,
+                                                  title=f"Confusion matrix ({dataset} {args.split})")):
+                _plot(prog, False, written, "misclassified",
+                      lambda: plots.plot_misclassified(images, result.labels, result.predictions,
+                                                       out / "misclassified.png", names,
+                                                       title=f"Misclassified {args.split} images"))
+            if written:
+                print(f"wrote {', '.join(str(out / w) for w in written)}")
+    except RunError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 
@@ -761,14 +772,18 @@ def inspect_main(argv: Sequence[str] | None = None) -> int:
     p = np.asarray(_host(probs))[0]
     print(f"{model_name} ({source}) on {dataset} test image {args.index}: true {names[int(labels[args.index])]}, "
           f"predicted {names[predicted]} ({100 * p[predicted]:.1f}%)")
-    from . import plots
+    try:
+        from . import plots
 
-    written: list[str] = []
-    label = f"test image {args.index}, true {names[int(labels[args.index])]}, predicted {names[predicted]}"
-    _plot(prog, False, written, "feature_maps",
-          lambda: plots.plot_feature_maps(model, image, out / f"feature_maps_{args.index}.png", label=label))
-    if written:
-        print(f"wrote {out / written[0]}")
+        written: list[str] = []
+        label = f"test image {args.index}, true {names[int(labels[args.index])]}, predicted {names[predicted]}"
+        _plot(prog, False, written, "feature_maps",
+              lambda: plots.plot_feature_maps(model, image, out / f"feature_maps_{args.index}.png", label=label))
+        if written:
+            print(f"wrote {out / written[0]}")
+    except RunError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

@@ -5,12 +5,14 @@ API is used (a `Figure` rendered by the Agg canvas), so no window opens and no
 global backend is switched. Without matplotlib every function raises
 `PlotsUnavailable`, which the scripts turn into a one-line note.
 
-Each function writes one PNG and returns its path.
+Each function writes one PNG (through a temporary file, renamed into place, so an
+existing picture is never left half-overwritten) and returns its path.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np  # host side: pictures are drawn from host arrays
@@ -46,6 +48,9 @@ def class_names(dataset: str | None) -> list[str]:
     return [str(i) for i in range(10)]
 
 
+MIN_WIDTH = 5.5  # inches: room for a figure title however few images there are
+
+
 def _figure(width: float, height: float):
     try:
         from matplotlib.figure import Figure
@@ -53,13 +58,33 @@ def _figure(width: float, height: float):
         raise PlotsUnavailable(
             "matplotlib is not installed, so no plots were drawn: pip install 'cnnxp[plot]'"
         ) from exc
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+    return Figure(figsize=(max(width, MIN_WIDTH), height), dpi=100, layout="constrained")
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
+    """Render ``fig`` as a PNG at ``path`` through a temporary file in the same directory.
+
+    An OSError (a full disk) carries ``path`` as its ``filename``; the previous file, if any, stays.
+    """
+    from .data.idx import usual_file_mode
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png")
+        os.chmod(tmp, usual_file_mode())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -78,6 +103,8 @@ def plot_samples(images, labels, path, names=None, n: int = 32, title: str = "Tr
     images, labels = to_numpy(images), to_numpy(labels)
     names = names or class_names(None)
     n = min(n, len(images))
+    if n < 1:
+        raise ValueError(f"plot_samples needs at least one image, got {len(images)} images and n={n}")
     rows, cols = _grid(n)
     fig = _figure(1.4 * cols, 1.55 * rows + 0.4)
     fig.suptitle(f"{title} ({n} of {len(images):,})")
@@ -99,15 +126,18 @@ def plot_history(history, path, title: str = "Training curves") -> Path:
     ax_loss, ax_acc = fig.subplots(1, 2)
     for ax, key, label in ((ax_loss, "loss", "cross-entropy loss"), (ax_acc, "accuracy", "accuracy (%)")):
         scale = 100.0 if key == "accuracy" else 1.0
-        ax.plot(epochs, [scale * r[f"train_{key}"] for r in rows], "o-", label="training (running, train mode)")
-        test = [(r["epoch"], scale * r[f"test_{key}"]) for r in rows if r.get(f"test_{key}") is not None]
-        if test:
-            ax.plot([e for e, _ in test], [v for _, v in test], "s-", label="test")
+        # None (a diverged run's NaN, as history.json stores it, or no test set) leaves a gap
+        for prefix, style, name in (("train", "o-", "training (running, train mode)"), ("test", "s-", "test")):
+            points = [(r["epoch"], scale * r[f"{prefix}_{key}"]) for r in rows
+                      if r.get(f"{prefix}_{key}") is not None]
+            if points:
+                ax.plot([e for e, _ in points], [v for _, v in points], style, label=name)
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.set_title(f"{key.capitalize()} per epoch")
         ax.grid(True, alpha=0.3)
-        ax.legend()
+        if ax.lines:
+            ax.legend()
         if epochs:
             ax.set_xticks(epochs if len(epochs) <= 20 else epochs[:: max(1, len(epochs) // 10)])
     return _save(fig, path)
@@ -214,15 +244,16 @@ def plot_confusion(confusion, path, names=None, title: str = "Confusion matrix (
     return _save(fig, path)
 
 
-def plot_misclassified(images, labels, predictions, path, names=None, n: int = 32) -> Path:
-    """A grid of test images the model got wrong, titled with the true and the predicted class."""
+def plot_misclassified(images, labels, predictions, path, names=None, n: int = 32,
+                       title: str = "Misclassified test images") -> Path:
+    """A grid of images the model got wrong, titled with the true and the predicted class."""
     images, labels, predictions = to_numpy(images), to_numpy(labels), to_numpy(predictions)
     names = names or class_names(None)
     wrong = np.flatnonzero(labels != predictions)
     shown = wrong[:n]
     rows, cols = _grid(max(len(shown), 1))
     fig = _figure(1.6 * cols, 1.75 * rows + 0.5)
-    fig.suptitle(f"Misclassified test images ({len(shown)} of {len(wrong):,} mistakes in {len(labels):,})")
+    fig.suptitle(f"{title} ({len(shown)} of {len(wrong):,} mistakes in {len(labels):,})")
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()

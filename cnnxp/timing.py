@@ -7,6 +7,7 @@ CPU (and any library without queued work) it does nothing.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -38,6 +39,10 @@ def layer_times(model, x, y=None, repeats: int = 5, warmup: int = 1) -> list[dic
     order `Sequential` runs them (a ReLU just before a max pool after it), so the
     times are those of training; ``output_shape`` is the declared one.
 
+    The model comes back as it was: its mode, BatchNorm's running statistics (which
+    the training-mode passes update), the Dropout generators, and every layer's
+    gradients and cache.
+
     Returns one dict per layer: ``index``, ``layer``, ``output_shape``, ``forward_s``, ``backward_s``.
     """
     xp = model.device.xp
@@ -46,6 +51,10 @@ def layer_times(model, x, y=None, repeats: int = 5, warmup: int = 1) -> list[dic
         with device.activate():
             y = xp.zeros(int(x.shape[0]), dtype=xp.int64, device=device.native)
     was_training = model.training
+    xp_copy = functools.partial(xp.asarray, copy=True)
+    saved = [({k: xp_copy(v) for k, v in layer.buffers.items()}, dict(layer.grads), layer.cache)
+             for layer in model.layers]
+    rng_state = model.rng_state()
     model.train()
     forward = [[] for _ in model.layers]
     backward = [[] for _ in model.layers]
@@ -76,6 +85,10 @@ def layer_times(model, x, y=None, repeats: int = 5, warmup: int = 1) -> list[dic
                         backward[i].append(time.perf_counter() - start)
     finally:
         model.train(was_training)
+        for layer, (buffers, grads, cache) in zip(model.layers, saved, strict=True):
+            layer.buffers.update(buffers)
+            layer.grads, layer.cache = grads, cache
+        model.set_rng_state(rng_state)
     rows = []
     for i, layer in enumerate(model.layers):
         rows.append({

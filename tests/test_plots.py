@@ -81,3 +81,55 @@ def test_train_without_matplotlib_still_works(tmp_path, monkeypatch, capsys):
     notes = [line for line in err.splitlines() if "matplotlib" in line]
     assert len(notes) == 1, err
     assert (out / "metrics.json").exists() and not list(out.glob("*.png"))
+
+
+def test_a_picture_that_cannot_be_written_leaves_the_old_one(tmp_path, digits, monkeypatch):
+    """Disk full while saving: the previous PNG is intact, no temporary file stays, and the error names
+    the picture."""
+    from matplotlib.figure import Figure
+
+    x, y = digits
+    path = plots.plot_samples(x, y, tmp_path / "samples.png")
+    before = path.read_bytes()
+
+    def full(self, f, **kwargs):
+        f.write(b"\x89PNG half a picture")
+        raise OSError(27, "File too large")
+
+    monkeypatch.setattr(Figure, "savefig", full)
+    with pytest.raises(OSError) as info:
+        plots.plot_samples(x[:4], y[:4], path)
+    assert info.value.filename == str(path) and info.value.strerror == "File too large"
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["samples.png"]
+
+
+def test_evaluate_says_which_picture_it_could_not_write(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    assert cli.train_main(["--dataset", "mnist-sample", "--model", "seed", "--epochs", "1", "--quiet",
+                           "--no-plots", "--out", str(out)]) == 0
+
+    def full(confusion, path, *args, **kwargs):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(plots, "plot_confusion", full)
+    capsys.readouterr()
+    assert cli.evaluate_main([str(out / "checkpoint.npz"), "--out", str(tmp_path / "eval")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (f"evaluate.py: error: cannot write {str(tmp_path / 'eval' / 'confusion_matrix.png')!r}: "
+                   "No space left on device")
+
+
+def test_odd_inputs_draw_or_say_why(tmp_path, digits):
+    """A diverged run's history (null losses), few images with a readable title, no images at all."""
+    from PIL import Image
+
+    x, y = digits
+    history = [{"epoch": 1, "train_loss": None, "train_accuracy": 0.1, "test_loss": None, "test_accuracy": 0.1},
+               {"epoch": 2, "train_loss": None, "train_accuracy": 0.1, "test_loss": None, "test_accuracy": 0.1}]
+    assert _is_png(plots.plot_history(history, tmp_path / "diverged.png"))
+    one = plots.plot_misclassified(x[:1], y[:1], (y[:1] + 1) % 10, tmp_path / "one.png",
+                                   title="Misclassified train images")
+    assert Image.open(one).size[0] >= 100 * plots.MIN_WIDTH  # room for the title
+    with pytest.raises(ValueError, match="plot_samples needs at least one image, got 0 images and n=0"):
+        plots.plot_samples(x[:0], y[:0], tmp_path / "empty.png")

@@ -382,3 +382,22 @@ def test_loader_seed_must_fit_int64():
     with pytest.raises(ValueError, match=r"^DataLoader: seed must be below 2\*\*63, got 9223372036854775808$"):
         DataLoader(x, y, 2, seed=2**63)
     assert DataLoader(x, y, 2, seed=2**63 - 1).state_dict()["seed"] == 2**63 - 1
+
+
+def test_layer_times_leave_the_model_as_it_was():
+    """Timing runs training-mode passes (BatchNorm statistics move, Dropout draws); afterwards the
+    model predicts exactly as before, with the same buffers, generators, mode, grads and cache."""
+    from cnnxp.timing import layer_times
+
+    model = models.fashion_cnn(seed=0).eval()
+    x = np.random.default_rng(0).standard_normal((6, 1, 28, 28)).astype(np.float32)
+    before = cnnxp.to_numpy(T.predict(model, x)[1])
+    state = {k: np.array(v, copy=True) for k, v in model.state_dict().items()}
+    rng, grads, caches = model.rng_state(), [dict(layer.grads) for layer in model], [layer.cache for layer in model]
+    rows = layer_times(model, x[:2], repeats=3)
+    assert len(rows) == len(model.layers)
+    assert model.training is False and model.rng_state() == rng
+    assert all(np.array_equal(v, state[k]) for k, v in model.state_dict().items())
+    assert [dict(layer.grads) for layer in model] == grads
+    assert all(layer.cache is c for layer, c in zip(model, caches, strict=True))
+    np.testing.assert_array_equal(cnnxp.to_numpy(T.predict(model, x)[1]), before)

@@ -155,8 +155,10 @@ def get_device(device: Any = "cpu", xp: ModuleType | None = None) -> Device:
         # Device as "cuda:N", which enters its GPU's context (see `Device.activate`).
         return _cuda_device(int(getattr(device, "id", device)))
     if xp is not None:
-        xp = array_api_compat.array_namespace(xp.asarray(0, device=device))
-        return Device(str(device), xp, device)
+        # The library's own device object (torch.device("cpu") for the text "cpu", say): the one
+        # its arrays report, so inputs compare equal to it.
+        probe = xp.asarray(0, device=device)
+        return Device(str(device), array_api_compat.array_namespace(probe), array_api_compat.device(probe))
     if not isinstance(device, str):
         raise ValueError(
             f"device must be {_DEVICE_FORMS}, or a library's device object passed with xp=, got {device!r}"
@@ -221,7 +223,7 @@ def check_input(x: Any, device: Device, where: str) -> None:
 
 def move_hint(device: Device, owner: str = "model") -> str:
     """How to move an array to ``device``, as a user would type it."""
-    if device.name == "cpu" or device.name.startswith("cuda:"):
+    if device is _CPU or (device.name.startswith("cuda:") and array_api_compat.is_cupy_namespace(device.xp)):
         return f"cnnxp.to_device(x, {device.name!r})"
     return f"cnnxp.to_device(x, {owner}.device)"
 
@@ -235,9 +237,10 @@ def to_numpy(x: Any) -> np.ndarray:
     if np.isscalar(x) or isinstance(x, (list, tuple)):
         return np.asarray(x)
     try:
-        return np.from_dlpack(x)
+        view = np.from_dlpack(x)  # shares the other library's memory: copied below
     except (TypeError, RuntimeError, BufferError, AttributeError):
-        return np.asarray(x)
+        view = np.asarray(x)
+    return np.array(view, copy=True)
 
 
 def to_device(x: Any, device: Any, xp: ModuleType | None = None):
@@ -266,4 +269,6 @@ def to_device(x: Any, device: Any, xp: ModuleType | None = None):
         cupy = _import_cupy()
         with target.native:
             return cupy.asarray(host)
-    return target.xp.asarray(host, device=target.native)
+    # a new array, as PyTorch's .to() gives: never a view of the source (whose owner may change
+    # it, or have made it read-only)
+    return target.xp.asarray(host, device=target.native, copy=True)

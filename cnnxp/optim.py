@@ -19,9 +19,19 @@ class Optimizer:
             raise ValueError(f"learning rate must be positive, got {lr!r}")
         if weight_decay < 0:
             raise ValueError(f"weight_decay must be non-negative, got {weight_decay!r}")
-        self.model, self.lr, self.weight_decay = model, float(lr), float(weight_decay)
+        self.model, self.lr, self.weight_decay = model, lr, float(weight_decay)
         self.state: dict[str, Any] = {}  # per-parameter arrays, keyed "<slot>.<param key>"
         self.step_count = 0
+
+    @property
+    def lr(self) -> float:
+        """The learning rate; whatever number is set (a schedule's NumPy scalar, say) is kept as a float,
+        so updates on any device multiply by a Python number."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value) -> None:
+        self._lr = float(value)
 
     def _grad(self, layer, name):
         grad = layer.grads.get(name)
@@ -46,23 +56,28 @@ class Optimizer:
                 **self._hyper(), **{f"state.{k}": v for k, v in self.state.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from `state_dict` output saved on any device; arrays move to the model's device."""
+        """Restore from `state_dict` output saved on any device; arrays move to the model's device.
+
+        Everything is checked before anything changes: a KeyError (a parameter the model does not
+        have, a missing field) or ValueError (a shape that does not match) leaves the optimizer as it was.
+        """
         dev = self.model.device
-        self.step_count = int(state["step"])
-        self.lr = float(state["lr"])
-        self.weight_decay = float(state["weight_decay"])
-        self._set_hyper(state)
+        step, lr, weight_decay = int(state["step"]), float(state["lr"]), float(state["weight_decay"])
         params = {key: layer.params[name] for key, layer, name in self.model.named_parameters()}
-        self.state = {}
+        new_state = {}
         for k, v in state.items():
             if not k.startswith("state."):
                 continue
             slot_key = k[len("state."):]
-            param_key = slot_key.split(".", 1)[1]
+            param_key = slot_key.split(".", 1)[-1]
             if param_key not in params:
                 raise KeyError(f"optimizer state has {param_key!r}, which the model does not have")
-            value = backend.to_device(v, dev)
-            self.state[slot_key] = dev.xp.astype(value, params[param_key].dtype, copy=True)
+            if tuple(v.shape) != tuple(params[param_key].shape):
+                raise ValueError(f"optimizer state {slot_key!r} has shape {tuple(v.shape)}, "
+                                 f"the parameter has {tuple(params[param_key].shape)}")
+            new_state[slot_key] = dev.xp.astype(backend.to_device(v, dev), params[param_key].dtype, copy=True)
+        self._set_hyper(state)
+        self.step_count, self.lr, self.weight_decay, self.state = step, lr, weight_decay, new_state
 
     def _hyper(self) -> dict[str, Any]:
         return {}
@@ -102,8 +117,8 @@ class SGD(Optimizer):
         return {"momentum": self.momentum, "nesterov": int(self.nesterov)}
 
     def _set_hyper(self, state):
-        self.momentum = float(state.get("momentum", self.momentum))
-        self.nesterov = bool(int(state.get("nesterov", self.nesterov)))
+        momentum, nesterov = float(state.get("momentum", self.momentum)), bool(int(state.get("nesterov", self.nesterov)))
+        self.momentum, self.nesterov = momentum, nesterov
 
 
 class Adam(Optimizer):
@@ -137,5 +152,5 @@ class Adam(Optimizer):
         return {"beta1": self.betas[0], "beta2": self.betas[1], "eps": self.eps}
 
     def _set_hyper(self, state):
-        self.betas = (float(state.get("beta1", self.betas[0])), float(state.get("beta2", self.betas[1])))
-        self.eps = float(state.get("eps", self.eps))
+        betas = (float(state.get("beta1", self.betas[0])), float(state.get("beta2", self.betas[1])))
+        self.betas, self.eps = betas, float(state.get("eps", self.eps))

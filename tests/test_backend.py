@@ -158,6 +158,43 @@ def test_round_trip(backend):
     assert cnnxp.backend.device_of(moved) == backend.device
 
 
+def test_a_move_gives_a_new_array():
+    """As PyTorch's .to(): between devices or libraries the result never shares the source's memory
+    (it used to, through DLPack), and a read-only source gives a writable array."""
+    strict = pytest.importorskip("array_api_strict")
+    d1, d2 = strict.Device("device1"), strict.Device("device2")
+    a = strict.asarray([1.0, 2.0], device=d1)
+    b = cnnxp.to_device(a, d2, xp=strict)
+    b -= 1
+    assert cnnxp.to_numpy(a).tolist() == [1.0, 2.0]
+    host = cnnxp.to_numpy(a)
+    host -= 5
+    assert cnnxp.to_numpy(a).tolist() == [1.0, 2.0]
+    source = np.ones(3, np.float32)
+    source.flags.writeable = False
+    moved = cnnxp.to_device(source, d1, xp=strict)
+    moved -= 1
+    assert source.tolist() == [1.0, 1.0, 1.0] and cnnxp.to_numpy(moved).tolist() == [0.0, 0.0, 0.0]
+    model = lenet5(seed=0)
+    before = model.state_dict()
+    kept = {k: v.copy() for k, v in before.items()}
+    model.to(d1, xp=strict)
+    for layer in model:
+        for name in layer.params:
+            layer.params[name] -= 1  # what an optimizer step does, in place
+    assert all(np.array_equal(before[k], kept[k]) for k in kept)
+
+
+def test_a_library_device_named_by_text_is_its_own_device_object():
+    """get_device("cpu", xp=torch) holds torch.device("cpu"), so the model takes torch inputs; the hint
+    for a wrong input names the model's device, not "cpu" (which would mean NumPy)."""
+    torch = pytest.importorskip("torch")
+    model = lenet5(seed=0).to("cpu", xp=torch)
+    assert tuple(model(torch.zeros(2, 1, 28, 28)).shape) == (2, 10)
+    with pytest.raises(cnnxp.DeviceError, match=r"move it with cnnxp\.to_device\(x, model\.device\)$"):
+        model(np.zeros((2, 1, 28, 28), np.float32))
+
+
 def test_model_input_on_another_library():
     strict = pytest.importorskip("array_api_strict")
     model = lenet5(seed=0).to(strict.Device("device1"), xp=strict)

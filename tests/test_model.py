@@ -356,3 +356,44 @@ def test_optimizer_keeps_float32():
     model = lenet5()
     train_steps(model, optim.Adam(model), 2)
     assert all(v.dtype == np.float32 for v in model.state_dict().values())
+
+
+def test_optimizer_load_is_all_or_nothing():
+    """A state that does not fit (a parameter the model lacks, a wrong shape) raises and leaves the
+    optimizer exactly as it was, as PyTorch's does."""
+    model = lenet5(seed=0)
+    opt = optim.Adam(model, lr=1e-3)
+    x = np.random.default_rng(0).standard_normal((4, 1, 28, 28)).astype(np.float32)
+    for _ in range(3):
+        _, g = losses.softmax_cross_entropy(model(x), np.arange(4))
+        model.backward(g, need_input_grad=False)
+        opt.step()
+    before = opt.state_dict()
+    good = {k: (np.array(v, copy=True) if k.startswith("state.") else v) for k, v in before.items()}
+    bad_key = {**good, "step": 99, "lr": 5.0, "beta1": 0.5, "state.m.42.weight": np.zeros(3, np.float32)}
+    bad_shape = {**good, "step": 99, "state.m.0.weight": np.zeros(3, np.float32)}
+    for bad, error in ((bad_key, KeyError), (bad_shape, ValueError)):
+        with pytest.raises(error):
+            opt.load_state_dict(bad)
+        after = opt.state_dict()
+        assert after.keys() == before.keys() and opt.step_count == 3 and opt.lr == 1e-3 and opt.betas[0] == 0.9
+        assert all(np.array_equal(after[k], good[k]) for k in good if k.startswith("state."))
+
+
+def test_a_numpy_learning_rate_works_on_any_device():
+    """A schedule may return NumPy scalars; the optimizer keeps a Python float, so the update does not
+    mix a host scalar into another library's arrays."""
+    strict = pytest.importorskip("array_api_strict")
+    from cnnxp.data import DataLoader
+    from cnnxp.train import fit
+
+    dev = strict.Device("device1")
+    model = lenet5(seed=0).to(dev, xp=strict)
+    opt = optim.SGD(model, lr=0.1, momentum=0.9)
+    opt.lr = np.float64(0.05)
+    assert type(opt.lr) is float and opt.lr == 0.05
+    rng = np.random.default_rng(0)
+    loader = DataLoader(rng.integers(0, 256, (32, 28, 28), dtype=np.uint8), rng.integers(0, 10, 32), 16,
+                        device=cnnxp.get_device(dev, xp=strict))
+    history = fit(model, opt, loader, 1, lr_schedule=lambda step, steps, epochs: np.float64(0.01), progress=False)
+    assert len(history) == 1 and opt.lr == 0.01

@@ -191,20 +191,28 @@ def _check_writable(out: Path, what: str = "--out") -> Path | None:
     return created
 
 
-def _new_run_dir(base: Path) -> Path:
-    """Create ``base`` (or ``base-2``, ``base-3``, ...): a folder of this run's own, even for runs started together."""
+def _new_run_dir(base: Path) -> tuple[Path, Path]:
+    """Create ``base`` (or ``base-2``, ``base-3``, ...): a folder of this run's own, even for runs started together.
+
+    Returns the folder and the outermost directory created for it (for `_remove_empty`).
+    """
     for k in itertools.count(1):
         out = base if k == 1 else base.with_name(f"{base.name}-{k}")
-        if out.exists():
+        if out.exists() or out.is_symlink():
             continue
+        created = out
+        for folder in out.parents:
+            if folder.exists() or folder.is_symlink():
+                break
+            created = folder
         try:
             out.mkdir(parents=True)
-        except FileExistsError:
-            continue
         except OSError as exc:
+            if isinstance(exc, FileExistsError) and (out.exists() or out.is_symlink()):
+                continue  # another run took this name a moment ago
             raise UsageError(f"cannot create the run folder {str(out)!r}: {exc.strerror or exc}") from None
         _check_writable(out)
-        return out
+        return out, created
 
 
 def _remove_empty(out: Path | None, created: Path | None) -> None:
@@ -427,7 +435,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             config["dataset"] = dataset
             if out is None:
                 stamp = time.strftime("%Y%m%d-%H%M%S")
-                out = created = _new_run_dir(Path("runs") / f"{dataset}-{config['model']}-{stamp}")
+                out, created = _new_run_dir(Path("runs") / f"{dataset}-{config['model']}-{stamp}")
         except KeyboardInterrupt:
             _remove_empty(out, created)
             _note(prog, "interrupted before training started: nothing was written")

@@ -682,7 +682,9 @@ def maxpool2d_forward(x, kernel_size, stride=None, padding=0, fast=None):
         else:  # the first in-bounds maximum: the padding, now NaN, equals nothing
             _padding_equals_nothing(xpad, padding)
             hits = xp.stack([xpad[:, :, si, sj] == out for si, sj in slices], axis=0)
-            argmax = xp.argmax(xp.astype(hits, xp.int8), axis=0)
+            # a window whose maximum is NaN has no hit: there, the first NaN, as without padding
+            argmax = xp.where(xp.any(hits, axis=0), xp.argmax(xp.astype(hits, xp.int8), axis=0),
+                              xp.argmax(windows, axis=0))
         return out, ("windows", argmax, *geometry)
     (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_size
     # Separable maximum: over the kernel's rows first, then over its columns.

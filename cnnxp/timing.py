@@ -52,8 +52,9 @@ def layer_times(model, x, y=None, repeats: int = 5, warmup: int = 1) -> list[dic
             y = xp.zeros(int(x.shape[0]), dtype=xp.int64, device=device.native)
     was_training = model.training
     xp_copy = functools.partial(xp.asarray, copy=True)
-    saved = [({k: xp_copy(v) for k, v in layer.buffers.items()}, dict(layer.grads), layer.cache)
-             for layer in model.layers]
+    with device.activate():  # CuPy copies onto the current GPU
+        saved = [({k: xp_copy(v) for k, v in layer.buffers.items()}, dict(layer.grads), layer.cache)
+                 for layer in model.layers]
     rng_state = model.rng_state()
     model.train()
     forward = [[] for _ in model.layers]

@@ -494,6 +494,9 @@ def write_arrays_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) 
             os.fsync(f.fileno())
         os.chmod(tmp_name, usual_file_mode())  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp_name, path)
+    except OSError as exc:  # name the file being written, not the temporary one
+        Path(tmp_name).unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
     except BaseException:
         try:
             os.unlink(tmp_name)

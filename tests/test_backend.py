@@ -139,6 +139,9 @@ def test_standalone_layer_runs_where_its_input_lives(monkeypatch, make, shape):
     seen.clear()
     layer(x)  # __call__ goes through forward
     assert seen[0] == ("enter", id(x))
+    seen.clear()
+    layer.backward(grad_out=g)  # by keyword, as the protocol names it
+    assert seen[0] == ("enter", id(g))
 
 
 def test_import_does_not_touch_cuda():

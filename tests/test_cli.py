@@ -362,9 +362,10 @@ def test_a_refused_run_removes_the_folders_it_made(tmp_path, one_epoch, capsys):
 
 def test_runs_started_together_get_folders_of_their_own(tmp_path):
     base = tmp_path / "runs" / "mnist-sample-seed-20261129-120000"
-    first, second, third = (cli._new_run_dir(base) for _ in range(3))
+    (first, made), (second, _), (third, _) = (cli._new_run_dir(base) for _ in range(3))
     assert [first.name, second.name, third.name] == [base.name, base.name + "-2", base.name + "-3"]
     assert all(p.is_dir() for p in (first, second, third))
+    assert made == tmp_path / "runs"  # the outermost folder it created, removed again if the run stops early
 
 
 def test_metrics_and_history_are_strict_json_when_training_diverges(tmp_path):
@@ -414,6 +415,37 @@ def test_ctrl_c_before_training_starts(tmp_path, monkeypatch, capsys, one_epoch)
     ckpt.write_bytes(one_epoch[1].read_bytes())
     assert cli.train_main(["--resume", str(ckpt), "--epochs", "2", "--quiet"]) == 130
     assert capsys.readouterr().err.strip() == f"train.py: interrupted before training resumed: {ckpt} is as it was"
+
+
+def test_a_runs_folder_that_cannot_be_made_is_an_error_not_a_loop(tmp_path):
+    """`runs` a dangling link: mkdir says the name exists for every -2, -3, ... (it looped forever)."""
+    (tmp_path / "runs").symlink_to(tmp_path / "nowhere")
+    done = _script("train.py", "--dataset", "mnist-sample", "--model", "seed", "--epochs", "1", "--quiet",
+                   "--no-plots", cwd=tmp_path, timeout=60)  # a subprocess: the old code never returned
+    assert done.returncode == 2
+    err = done.stderr.strip()
+    assert err.startswith("train.py: error: cannot create the run folder 'runs/mnist-sample-seed-"), err
+    assert err.endswith(": File exists") and len(err.splitlines()) == 1
+
+
+def test_ctrl_c_before_the_first_epoch_leaves_no_runs_folder(tmp_path, monkeypatch, capsys):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli.models, "build", interrupt)
+    assert cli.train_main(["--dataset", "mnist-sample", "--quiet", "--no-plots"]) == 130
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_last_checkpoint_write_names_the_checkpoint(tmp_path, one_epoch, capsys):
+    """Resumed into a new --out with nothing left to train, the checkpoint is written once at the end;
+    a failure there names that file, not the temporary one."""
+    out = tmp_path / "again"
+    (out / "checkpoint.npz").mkdir(parents=True)
+    assert cli.train_main(["--resume", str(one_epoch[1]), "--out", str(out), "--quiet", "--no-plots"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"train.py: error: cannot write {str(out / 'checkpoint.npz')!r}: Is a directory", err
 
 
 def test_the_resume_hint_carries_the_flags_a_checkpoint_does_not_hold(tmp_path):

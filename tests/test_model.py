@@ -225,6 +225,11 @@ def test_layer_input_errors(layer, x, message):
         layer(x)
 
 
+def test_softmax_of_a_list_says_what_it_expected():
+    with pytest.raises(TypeError, match=r"^Softmax expected an array of shape \(N, classes, \.\.\.\), got list$"):
+        layers.Softmax()([[1.0, 2.0]])
+
+
 def test_backward_before_forward():
     with pytest.raises(RuntimeError, match="Conv2D.backward called before forward"):
         layers.Conv2D(1, 1, 1).backward(np.zeros((1, 1, 1, 1)))

@@ -113,6 +113,23 @@ def test_maxpool2d_padding_never_takes_the_gradient(k, s, p):
         np.testing.assert_allclose(layer.backward(g), t.grad.numpy(), rtol=1e-14, atol=0)  # sums may differ in order
 
 
+@pytest.mark.parametrize("fast", [None, False])
+def test_maxpool2d_nan_window_keeps_its_gradient(fast):
+    """A window holding NaN outputs NaN; its gradient still reaches an input (never the padding), so
+    the gradient's total is conserved, as in PyTorch (which picks the last NaN; cnnxp the first, or
+    the window's last element on the fast path)."""
+    from cnnxp import ops
+
+    x = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)
+    x[0, 0, 0, 0] = np.nan
+    out, cache = ops.maxpool2d_forward(x, 3, 2, 1, fast=fast)
+    dx = ops.maxpool2d_backward(np.ones_like(out), cache)
+    t = torch.tensor(x, requires_grad=True)
+    F.max_pool2d(t, 3, 2, 1).sum().backward()
+    assert float(dx.sum()) == float(t.grad.sum()) == out.size
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(F.max_pool2d(torch.tensor(x), 3, 2, 1).numpy()))
+
+
 @pytest.mark.parametrize("cfg", list(pool_configs(12, seed=7)), ids=str)
 def test_avgpool2d_matches_torch(cfg):
     rng = np.random.default_rng(8)

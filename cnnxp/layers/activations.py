@@ -64,7 +64,7 @@ class Softmax(Layer):
     """
 
     def forward(self, x):
-        if getattr(x, "ndim", 2) < 2:
+        if getattr(x, "ndim", 0) < 2:
             self._check_rank(x, 2, "(N, classes, ...)")
         self.cache = ops.softmax(x, axis=1)
         return self.cache

@@ -49,9 +49,10 @@ def _where_input_lives(method):
     """Wrap a layer's ``forward``/``backward`` to run in the context of its input's device."""
 
     @functools.wraps(method)
-    def run(self, x, *args, **kwargs):
+    def run(self, *args, **kwargs):  # the input may come by keyword too: backward(grad_out=g)
+        x = args[0] if args else next(iter(kwargs.values()), None)
         with backend.on_device_of(x):
-            return method(self, x, *args, **kwargs)
+            return method(self, *args, **kwargs)
 
     return run
 

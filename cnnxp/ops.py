@@ -661,7 +661,7 @@ def maxpool2d_forward(x, kernel_size, stride=None, padding=0, fast=None):
     (both give identical results for inputs without NaN, -inf included: the padding
     never takes a gradient; a window holding NaN outputs NaN on both, but the fast
     path then sends that window's gradient to its last element and the general one
-    to its first NaN or first element, where PyTorch sends it to the last NaN).
+    to its first NaN, where PyTorch sends it to the last NaN).
 
     Returns ``(out, cache)``.
     """

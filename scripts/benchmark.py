@@ -24,7 +24,8 @@ images only.
 
 Peak memory is measured per configuration in a fresh subprocess: peak resident
 set size (``VmHWM``) and its rise over the process after imports, model and
-data (CPU), or the allocator's peak (CuPy memory pool, ``torch.cuda.max_memory_allocated``).
+data (CPU), or what the caching allocator holds on the model's GPU (CuPy's memory pool,
+``torch.cuda.max_memory_reserved``).
 
 Examples
 --------
@@ -37,16 +38,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
-# scripts/ holds an inspect.py; keep it from shadowing the standard library's module.
+# Benchmark this checkout's cnnxp, installed or not: the repository root on the path, not scripts/
+# (which holds an inspect.py that would shadow the standard library's module).
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+sys.path.insert(0, os.path.dirname(_HERE))
 
 
 def parse_args(argv=None):
@@ -78,14 +83,18 @@ def parse_args(argv=None):
     unknown = [m for m in args.models.split(",") if m not in ("seed", "lenet5")]
     if unknown:
         p.error(f"--models takes seed and/or lenet5 (comma-separated), got {', '.join(map(repr, unknown))}")
-    if not all(b.strip().isdigit() and int(b) > 0 for b in args.batch_sizes.split(",")):
+    if not all(b.strip().isascii() and b.strip().isdigit() and int(b) > 0 for b in args.batch_sizes.split(",")):
         p.error(f"--batch-sizes takes positive integers (comma-separated), got {args.batch_sizes!r}")
     for flag, value, least in (("--rounds", args.rounds, 1), ("--warmup", args.warmup, 0),
                                ("--round-seconds", args.round_seconds, 0), ("--pause", args.pause, 0),
                                ("--loop-images", args.loop_images, 1), ("--threads", args.threads, 1)):
-        if value is not None and not value >= least:  # `not >=` also catches nan
-            kind = "a number" if isinstance(value, float) else "an integer"
+        if value is not None and not least <= value < math.inf:  # also refuses nan
+            kind = "a finite number" if isinstance(value, float) else "an integer"
             p.error(f"{flag} takes {kind} >= {least}, got {value}")
+    if args.json is not None:  # find out now, not after minutes of timing
+        folder = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            p.error(f"--json {args.json!r}: cannot write into {folder!r}")
     if args.quick:
         args.rounds, args.warmup, args.round_seconds, args.loop_images, args.pause = 3, 1, 0.2, 100, 0.1
     return args
@@ -99,6 +108,7 @@ if ARGS.threads is not None:  # before NumPy loads its BLAS
 import numpy as np  # noqa: E402
 
 import cnnxp  # noqa: E402
+from cnnxp.data.idx import usual_file_mode  # noqa: E402
 from cnnxp.losses import softmax_cross_entropy  # noqa: E402
 from cnnxp.models import lenet5, seed_cnn  # noqa: E402
 from cnnxp.optim import SGD  # noqa: E402
@@ -194,7 +204,9 @@ class CnnxpRunner:
     def train_step(self):
         self.model.train()
         logits = self.model.forward(self.x)
-        _, grad = softmax_cross_entropy(logits, self.y)
+        with self.dev.activate():  # the loss's arrays on the model's GPU (as in fit)
+            # labels checked once, as fit does: the check reads a value back from the device
+            _, grad = softmax_cross_entropy(logits, self.y, check_labels=False)
         self.model.backward(grad, need_input_grad=False)
         self.opt.step()
 
@@ -327,7 +339,7 @@ def time_loop(images: int, train: bool) -> list[float]:
     x, y = make_data(max(images, 1), seed=1)
     net = LoopCNN()
     net.train_image(x[0, 0], int(y[0]))  # warm-up
-    rounds = 3
+    rounds = min(3, max(images, 1))
     per = max(1, images // rounds)
     rates = []
     for r in range(rounds):
@@ -370,9 +382,13 @@ class Worker:
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def call(self, **request):
-        self.proc.stdin.write(json.dumps(request) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
+        try:
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+        except OSError:  # BrokenPipeError: it has exited
+            line = ""
+        else:
+            line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(f"the {self.name} worker exited (status {self.proc.wait()}); its error is above")
         reply = json.loads(line)
@@ -481,22 +497,24 @@ def child_memory(spec: str) -> None:
             step()
         peak = peak_rss_bytes()
         out = {"peak_rss_mb": peak / 2**20, "step_rise_mb": max(0, peak - base) / 2**20}
-    elif framework == "cnnxp":
+    elif framework == "cnnxp":  # what CuPy's pool holds on the model's GPU (it keeps freed blocks)
         import cupy
 
         pool = cupy.get_default_memory_pool()
-        before = pool.total_bytes()
+        with runner.dev.native:  # the pool reports the current GPU's share
+            before = pool.total_bytes()
+            for _ in range(3):
+                step()
+            runner.sync()
+            held = pool.total_bytes()
+        out = {"peak_device_mb": held / 2**20, "step_rise_mb": (held - before) / 2**20}
+    else:  # the same for PyTorch: the peak its caching allocator reserved on that GPU
+        torch.cuda.reset_peak_memory_stats(runner.device)
+        before = torch.cuda.memory_reserved(runner.device)
         for _ in range(3):
             step()
         runner.sync()
-        out = {"peak_device_mb": pool.total_bytes() / 2**20, "step_rise_mb": (pool.total_bytes() - before) / 2**20}
-    else:
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        for _ in range(3):
-            step()
-        runner.sync()
-        peak = torch.cuda.max_memory_allocated()
+        peak = torch.cuda.max_memory_reserved(runner.device)
         out = {"peak_device_mb": peak / 2**20, "step_rise_mb": (peak - before) / 2**20}
     print(json.dumps(out))
 
@@ -538,8 +556,15 @@ def main(args) -> int:
         serve(args._worker)
         return 0
     threads = blas_threads()
+    try:  # cnnxp's spelling of the device ("CPU" -> "cpu", "cuda" -> "cuda:0") for everything below
+        args.device = cnnxp.get_device(args.device).name
+    except ValueError as exc:
+        print(f"benchmark.py: error: {exc}", file=sys.stderr)
+        return 2
+    except cnnxp.DeviceUnavailableError as exc:
+        print(f"benchmark.py: {exc}", file=sys.stderr)
+        return 1
     use_torch = not args.no_torch and _torch_status(args.device)
-    cnnxp.get_device(args.device)  # fail early with cnnxp's message if the device is unavailable
     meta = {
         "device": args.device, "device_name": device_label(args.device), "threads": threads,
         "numpy": np.__version__, "torch": use_torch or None,
@@ -579,9 +604,16 @@ def main(args) -> int:
             worker.close()
     meta["load_average_after"] = load_average()
     print_table(rows, meta)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "results": rows, "profiles": profiles}, f, indent=2)
+    if args.json:  # through a temporary file: an earlier result is never left half-overwritten
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(args.json)), suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"meta": meta, "results": rows, "profiles": profiles}, f, indent=2)
+            os.chmod(tmp, usual_file_mode())
+            os.replace(tmp, args.json)
+        except BaseException:
+            os.unlink(tmp)
+            raise
         print(f"wrote {args.json}")
     return 0
 

@@ -43,14 +43,19 @@ def test_workers_time_both_libraries_and_the_json_holds_every_round(tmp_path):
     (("--batch-sizes", "64,0"), "--batch-sizes takes positive integers (comma-separated), got '64,0'"),
     (("--rounds", "0"), "--rounds takes an integer >= 1, got 0"),
     (("--warmup", "-1"), "--warmup takes an integer >= 0, got -1"),
-    (("--round-seconds", "nan"), "--round-seconds takes a number >= 0, got nan"),
-    (("--pause", "-0.5"), "--pause takes a number >= 0, got -0.5"),
+    (("--round-seconds", "nan"), "--round-seconds takes a finite number >= 0, got nan"),
+    (("--pause", "-0.5"), "--pause takes a finite number >= 0, got -0.5"),
     (("--loop-images", "0"), "--loop-images takes an integer >= 1, got 0"),
     (("--threads", "0"), "--threads takes an integer >= 1, got 0"),
+    (("--round-seconds", "inf"), "--round-seconds takes a finite number >= 0, got inf"),
+    (("--batch-sizes", "\u00b2"), "--batch-sizes takes positive integers (comma-separated), got '\u00b2'"),
+    (("--json", "/nonexistent/dir/x.json"), "--json '/nonexistent/dir/x.json': cannot write into '/nonexistent/dir'"),
+    (("--device", "gpu"), "benchmark.py: error: unknown device 'gpu': expected 'cpu', 'cuda' or 'cuda:N'"),
 ])
 def test_bad_flags_exit_2_with_one_line(args, message):
     done = _run(*args)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    assert "PyTorch" not in done.stderr  # nothing else said before the error
 
 
 @pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="CuPy is installed: cuda may work here")
@@ -89,3 +94,33 @@ def test_both_libraries_train_from_the_same_weights_and_every_round_starts_from_
             assert (bench.cnnxp.to_numpy(layer.params[name]) == ours.initial[key]).all()
         for p, w in zip(theirs.model.parameters(), start, strict=True):
             assert torch.equal(p.detach(), torch.from_numpy(w))
+
+
+def test_a_short_loop_and_a_device_spelled_in_capitals(tmp_path):
+    """--loop-images below the three rounds, and "CPU" (cnnxp's spelling is "cpu") run and say so."""
+    out = tmp_path / "b.json"
+    done = _run("--device", "CPU", "--models", "seed", "--batch-sizes", "4", "--rounds", "1", "--warmup", "0",
+                "--round-seconds", "0.02", "--pause", "0", "--loop-images", "2", "--no-torch", "--no-memory",
+                "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    data = json.loads(out.read_text())
+    assert data["meta"]["device"] == "cpu" and len(data["results"][0]["loop"]["rounds"]) == 2
+    assert oct(out.stat().st_mode & 0o777) != oct(0o600)  # not mkstemp's private mode
+
+
+def test_a_worker_that_dies_ends_the_run_with_one_line(tmp_path):
+    """A PyTorch worker exiting at startup (a broken install, say): one line, status 1, no traceback."""
+    pytest.importorskip("torch")
+    import os
+
+    (tmp_path / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        "if '--_worker' in sys.argv and sys.argv[sys.argv.index('--_worker') + 1].startswith('torch'):\n"
+        "    os._exit(3)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(SCRIPT), "--models", "seed", "--batch-sizes", "4", "--rounds", "1",
+                           "--warmup", "0", "--round-seconds", "0.02", "--no-loop", "--no-memory"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == ("benchmark.py: the torch on cpu worker exited (status 3); "
+                                                   "its error is above")

@@ -42,7 +42,13 @@ def softmax_cross_entropy(logits, labels, *, label_smoothing: float = 0.0, check
     back from the device (a synchronisation on a GPU); `cnnxp.train.fit` checks its
     loader's labels once instead.
     """
+    for name, value in (("logits", logits), ("labels", labels)):
+        if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+            raise TypeError(f"softmax_cross_entropy expected {name} as an array, got {type(value).__name__}: "
+                            "convert it with cnnxp.to_device(..., model.device)")
     xp = array_namespace(logits, labels)
+    if not xp.isdtype(logits.dtype, "real floating"):
+        raise TypeError(f"softmax_cross_entropy expected floating-point logits, got {logits.dtype}")
     if logits.ndim != 2:
         raise ValueError(f"softmax_cross_entropy expected logits of shape (N, classes), got {tuple(logits.shape)}")
     if labels.ndim != 1 or labels.shape[0] != logits.shape[0]:

@@ -48,6 +48,9 @@ class Sequential:
     """
 
     def __init__(self, layers, device: Any = "cpu", xp=None, dtype: Any = None):
+        if isinstance(layers, Layer):
+            raise TypeError(f"Sequential takes a list of layers: Sequential([{layers.name}(...), ...]), "
+                            f"got a {layers.name} on its own")
         self.layers: list[Layer] = list(layers)
         for i, layer in enumerate(self.layers):
             if not isinstance(layer, Layer):
@@ -73,7 +76,11 @@ class Sequential:
                             "convert images first, e.g. (x / 255 - 0.1307) / 0.3081 as float32")
         with self.device.activate():
             for i in _execution_order(self.layers):
-                x = self.layers[i].forward(x)
+                try:
+                    x = self.layers[i].forward(x)
+                except (ValueError, TypeError) as exc:  # say which layer: the message alone may not
+                    raise type(exc)(f"layer {i} ({self.layers[i]!r}): {exc}") from None
+        self._output_shape = tuple(x.shape)
         return x
 
     __call__ = forward
@@ -84,6 +91,11 @@ class Sequential:
         Returns dL/d input, or None with ``need_input_grad=False``, which lets the
         first layer skip computing it (training never needs it).
         """
+        expected = getattr(self, "_output_shape", None)
+        shape = tuple(getattr(grad_out, "shape", ()))
+        if expected is not None and shape != expected:
+            raise ValueError(f"Sequential.backward expected grad_out of the output's shape {expected} (dL/d output, "
+                             f"e.g. the grad that softmax_cross_entropy returns), got {shape}")
         order = _execution_order(self.layers)
         with self.device.activate():
             for k in range(len(order) - 1, -1, -1):
@@ -159,20 +171,20 @@ class Sequential:
                     f"state dict does not match the model: missing keys {missing}, unexpected keys {unexpected}"
                 )
         xp = self.device.xp
-        with self.device.activate():
-            for key, current in own.items():
-                if key not in state:
-                    continue
-                value = backend.to_device(state[key], self.device)
-                if tuple(value.shape) != tuple(current.shape):
+        with self.device.activate():  # every entry converted and checked first: a failed load changes nothing
+            loaded = {key: backend.to_device(state[key], self.device) for key in own if key in state}
+            for key, value in loaded.items():
+                if tuple(value.shape) != tuple(own[key].shape):
                     raise ValueError(
                         f"state dict entry {key!r} has shape {tuple(value.shape)}, "
-                        f"the model expects {tuple(current.shape)}"
+                        f"the model expects {tuple(own[key].shape)}"
                     )
-                index, name = key.split(".", 1)
-                layer = self.layers[int(index)]
-                store = layer.params if name in layer.params else layer.buffers
-                store[name] = xp.astype(value, current.dtype, copy=True)
+            loaded = {key: xp.astype(value, own[key].dtype, copy=True) for key, value in loaded.items()}
+        for key, value in loaded.items():
+            index, name = key.split(".", 1)
+            layer = self.layers[int(index)]
+            store = layer.params if name in layer.params else layer.buffers
+            store[name] = value
 
     def rng_state(self) -> dict[str, str]:
         """The random state of every Dropout layer, by layer index (JSON strings)."""
@@ -189,7 +201,10 @@ class Sequential:
         shape = (1, *tuple(input_shape))
         rows = [("layer", "output shape", "params")]
         for i, layer in enumerate(self.layers):
-            shape = layer.output_shape(shape)
+            try:
+                shape = layer.output_shape(shape)
+            except (ValueError, TypeError) as exc:
+                raise type(exc)(f"layer {i} ({layer!r}): {exc}") from None
             count = sum(math.prod(v.shape) for v in layer.params.values())
             rows.append((f"{i}: {layer!r}", str(("N", *shape[1:])).replace("'", ""), f"{count:,}"))
         widths = [max(len(r[c]) for r in rows) for c in range(3)]

@@ -48,6 +48,7 @@ and non-overlapping windows write their gradient instead of accumulating it.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, NamedTuple
 
 from array_api_compat import array_namespace
@@ -105,14 +106,15 @@ TOEPLITZ_BLOCK_BYTES = 3 * 2**19
 
 
 def _pair(value, name: str) -> tuple[int, int]:
+    """``(a, b)`` from an int or a pair of ints (NumPy integers too); TypeError for other types."""
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
             raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
         a, b = value
     else:
         a = b = value
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (a, b)):
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (a, b)):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
     return int(a), int(b)
 
 

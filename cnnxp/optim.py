@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 from array_api_compat import array_namespace
 
 from . import backend
+from .layers.base import check_real
 
 __all__ = ["SGD", "Adam"]
 
@@ -15,11 +18,18 @@ class Optimizer:
     """Updates every parameter of a model from its ``grads``, in place, on the model's device."""
 
     def __init__(self, model, lr: float, weight_decay: float = 0.0):
-        if not lr > 0:
-            raise ValueError(f"learning rate must be positive, got {lr!r}")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be non-negative, got {weight_decay!r}")
-        self.model, self.lr, self.weight_decay = model, lr, float(weight_decay)
+        owner = type(self).__name__
+        if not (hasattr(model, "named_parameters") and hasattr(model, "device")):
+            raise TypeError(f"{owner} expected a cnnxp Sequential as its model, got {type(model).__name__}: "
+                            f"{owner}(model, lr=...) with model = Sequential([...])")
+        if next(iter(model.named_parameters()), None) is None:
+            raise ValueError(f"{owner} got a model with no parameters: nothing to train")
+        if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
+            raise TypeError(f"{owner} learning rate must be a number, got {lr!r} ({type(lr).__name__})")
+        if not 0 < lr < math.inf:
+            raise ValueError(f"learning rate must be positive and finite, got {lr!r}")
+        weight_decay = check_real(weight_decay, owner, "weight_decay", 0.0)
+        self.model, self.lr, self.weight_decay = model, lr, weight_decay
         self.state: dict[str, Any] = {}  # per-parameter arrays, keyed "<slot>.<param key>"
         self.step_count = 0
 
@@ -95,8 +105,7 @@ class SGD(Optimizer):
 
     def __init__(self, model, lr: float, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
         super().__init__(model, lr, weight_decay)
-        if momentum < 0:
-            raise ValueError(f"momentum must be non-negative, got {momentum!r}")
+        momentum = check_real(momentum, "SGD", "momentum", 0.0)
         if nesterov and momentum == 0:
             raise ValueError("Nesterov momentum needs momentum > 0")
         self.momentum, self.nesterov = float(momentum), bool(nesterov)
@@ -126,10 +135,12 @@ class Adam(Optimizer):
 
     def __init__(self, model, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
         super().__init__(model, lr, weight_decay)
-        b1, b2 = betas
-        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise TypeError(f"Adam betas must be a pair (beta1, beta2), got {betas!r}")
+        b1, b2 = (check_real(b, "Adam", "beta", 0.0, 1.0) for b in betas)
+        if not (b1 < 1.0 and b2 < 1.0):
             raise ValueError(f"Adam betas must be in [0, 1), got {betas!r}")
-        self.betas, self.eps = (float(b1), float(b2)), float(eps)
+        self.betas, self.eps = (b1, b2), check_real(eps, "Adam", "eps", 0.0, low_open=True)
 
     def _update(self, key, param, grad):
         b1, b2 = self.betas

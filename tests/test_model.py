@@ -239,10 +239,12 @@ def test_backward_before_forward():
     (lambda: layers.Conv2D(1, 1, 3, stride=0), "stride must be at least 1"),
     (lambda: layers.Conv2D(1, 1, 3, padding=-1), "padding must be non-negative"),
     (lambda: layers.Conv2D(0, 1, 3), "in_channels must be a positive int"),
-    (lambda: layers.Conv2D(1, 1, 2.5), "kernel_size must be an int or a pair of ints"),
     (lambda: layers.MaxPool2D(2, padding=2), "padding must be at most half the kernel size"),
     (lambda: layers.AvgPool2D(2, stride=0), "stride must be at least 1"),
-    (lambda: layers.Dropout(1.5), r"Dropout probability must be in \[0, 1\]"),
+    (lambda: layers.Dropout(1.5), r"Dropout probability must be a finite number in \[0, 1\], got 1.5"),
+    (lambda: layers.BatchNorm2D(2, eps=0), r"BatchNorm2D eps must be a finite number in \(0, inf\), got 0.0"),
+    (lambda: layers.BatchNorm2D(2, eps=float("nan")), "BatchNorm2D eps must be a finite number"),
+    (lambda: layers.BatchNorm2D(2, momentum=1.5), r"BatchNorm2D momentum must be a finite number in \[0, 1\]"),
     (lambda: layers.Dense(3, 0), "out_features must be a positive int"),
     (lambda: layers.BatchNorm2D(0), "num_features must be a positive int"),
     (lambda: layers.Conv2D(1, 1, 3, init="xavier"), "init must be 'he' or 'glorot'"),
@@ -250,6 +252,27 @@ def test_backward_before_forward():
 def test_constructor_errors(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: layers.Conv2D(1, 1, 2.5), r"kernel_size must be an int or a pair of ints, got 2.5"),
+    (lambda: layers.Conv2D("1", 8, 3), r"Conv2D in_channels must be an int, got '1' \(str\)"),
+    (lambda: layers.Conv2D(True, 8, 3), r"Conv2D in_channels must be an int, got True \(bool\)"),
+    (lambda: layers.Dense(4.0, 2), r"Dense in_features must be an int, got 4.0 \(float\)"),
+    (lambda: layers.Dropout("0.5"), r"Dropout probability must be a number, got '0.5' \(str\)"),
+    (lambda: layers.BatchNorm2D(2, momentum=None), r"BatchNorm2D momentum must be a number, got None"),
+])
+def test_constructor_type_errors(make, message):
+    with pytest.raises(TypeError, match=message):
+        make()
+
+
+def test_constructors_take_numpy_numbers_as_pytorch_does():
+    dense = layers.Dense(np.prod((16, 5, 5)), np.int64(120))
+    assert (dense.in_features, dense.out_features) == (400, 120) and type(dense.in_features) is int
+    conv = layers.Conv2D(np.int64(1), np.int32(6), np.int64(5), padding=(np.int8(2), 2))
+    assert conv.kernel_size == (5, 5) and conv.padding == (2, 2)
+    assert layers.Dropout(np.float32(0.5)).p == 0.5
 
 
 # -- loss ---------------------------------------------------------------------------------------------
@@ -402,3 +425,63 @@ def test_a_numpy_learning_rate_works_on_any_device():
                         device=cnnxp.get_device(dev, xp=strict))
     history = fit(model, opt, loader, 1, lr_schedule=lambda step, steps, epochs: np.float64(0.01), progress=False)
     assert len(history) == 1 and opt.lr == 0.01
+
+
+def test_model_mistakes_a_pytorch_user_makes_are_named():
+    """Errors that name the layer, the shapes and what to do, before anything changes."""
+    x = np.zeros((2, 1, 28, 28), np.float32)
+    with pytest.raises(TypeError, match=r"^Sequential takes a list of layers: Sequential\(\[Conv2D\(\.\.\.\), \.\.\.\]\)"):
+        cnnxp.Sequential(layers.Conv2D(1, 6, 5), layers.ReLU())
+    deep = cnnxp.Sequential([layers.Conv2D(1, 4, 3)] + [layers.MaxPool2D(2) for _ in range(5)])
+    for call in (lambda: deep(x), deep.summary):
+        with pytest.raises(ValueError, match=r"^layer 5 \(MaxPool2D\(kernel_size=\(2, 2\), stride=\(2, 2\)\)\): kernel"):
+            call()
+    wrong = cnnxp.Sequential([layers.Flatten(), layers.Dense(256, 10)])
+    with pytest.raises(ValueError, match=r"^layer 1 \(Dense\(256, 10\)\): Dense expected input of shape \(N, 256\)"):
+        wrong(x)
+    model = lenet5(seed=0)
+    logits = model(x)
+    loss, grad = losses.softmax_cross_entropy(logits, np.array([1, 2]))
+    for bad in (loss, grad[:, :5]):
+        with pytest.raises(ValueError, match=r"^Sequential.backward expected grad_out of the output's shape \(2, 10\)"):
+            model.backward(bad)
+    with pytest.raises(ValueError, match=r"dtype must be 'float32' or 'float64'"):
+        lenet5().to("cpu", dtype=np.int64)
+
+
+def test_a_failed_state_load_changes_nothing():
+    model = lenet5(seed=0)
+    before = {k: np.array(v, copy=True) for k, v in model.state_dict().items()}
+    state = dict(model.state_dict())
+    state["0.weight"] = np.full((6, 1, 5, 5), 7, np.float32)
+    state["7.weight"] = np.zeros((120, 256), np.float32)
+    with pytest.raises(ValueError, match=r"'7.weight' has shape \(120, 256\), the model expects \(120, 400\)"):
+        model.load_state_dict(state)
+    assert all(np.array_equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("make,error,message", [
+    (lambda m: optim.SGD(m.layers, 0.1), TypeError, r"^SGD expected a cnnxp Sequential as its model, got list"),
+    (lambda m: optim.SGD(cnnxp.Sequential([layers.ReLU()]), 0.1), ValueError, "SGD got a model with no parameters"),
+    (lambda m: optim.SGD(m, "0.1"), TypeError, r"SGD learning rate must be a number, got '0.1' \(str\)"),
+    (lambda m: optim.SGD(m, float("inf")), ValueError, "learning rate must be positive and finite, got inf"),
+    (lambda m: optim.SGD(m, 0.1, momentum=float("nan")), ValueError, "SGD momentum must be a finite number"),
+    (lambda m: optim.SGD(m, 0.1, weight_decay=float("nan")), ValueError, "SGD weight_decay must be a finite number"),
+    (lambda m: optim.Adam(m, eps=0), ValueError, r"Adam eps must be a finite number in \(0, inf\), got 0.0"),
+    (lambda m: optim.Adam(m, eps=-1), ValueError, "Adam eps must be a finite number"),
+    (lambda m: optim.Adam(m, betas=0.9), TypeError, r"Adam betas must be a pair \(beta1, beta2\), got 0.9"),
+    (lambda m: optim.Adam(m, betas=(0.9,)), TypeError, "Adam betas must be a pair"),
+])
+def test_optimizer_arguments_are_checked_when_made(make, error, message):
+    with pytest.raises(error, match=message):
+        make(lenet5())
+
+
+@pytest.mark.parametrize("logits,labels,message", [
+    (np.zeros((4, 10), np.float32), [1, 2, 3, 4], "expected labels as an array, got list"),
+    (np.zeros((4, 10), np.float32), 3, "expected labels as an array, got int"),
+    (np.zeros((4, 10), np.int64), np.arange(4), "expected floating-point logits, got int64"),
+])
+def test_loss_input_types(logits, labels, message):
+    with pytest.raises(TypeError, match=message):
+        losses.softmax_cross_entropy(logits, labels)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 from typing import Any
 
 import numpy as np  # host-side RNG only: weights are drawn here, then moved to the device
@@ -160,4 +162,36 @@ def _resolve_dtype(xp, dtype):
         if dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
         return getattr(xp, dtype)
+    if dtype not in (xp.float32, xp.float64):
+        raise ValueError(f"dtype must be 'float32' or 'float64' (or the library's float32 / float64), got {dtype!r}")
     return dtype
+
+
+def check_int(value, owner: str, label: str, least: int = 1) -> int:
+    """``value`` as an int (NumPy integers too, as PyTorch takes them).
+
+    TypeError for anything else (bool included), ValueError below ``least``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{owner} {label} must be an int, got {value!r} ({type(value).__name__})")
+    if value < least:
+        rule = "a positive int" if least == 1 else f"an int >= {least}"
+        raise ValueError(f"{owner} {label} must be {rule}, got {value!r}")
+    return int(value)
+
+
+def check_real(value, owner: str, label: str, low: float, high: float = math.inf, *,
+               low_open: bool = False) -> float:
+    """``value`` as a finite float in ``[low, high]`` (``(low, high]`` with ``low_open``).
+
+    TypeError for a non-number (bool included), ValueError outside the range or not finite.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{owner} {label} must be a number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    inside = (value > low if low_open else value >= low) and value <= high and math.isfinite(value)
+    if not inside:
+        bracket = "(" if low_open else "["
+        upper = f"{high:g}]" if math.isfinite(high) else "inf)"
+        raise ValueError(f"{owner} {label} must be a finite number in {bracket}{low:g}, {upper}, got {value!r}")
+    return value

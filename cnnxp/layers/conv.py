@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np  # host-side initialisation only
 
 from .. import ops
-from .base import Layer, init_weight, make_rng
+from .base import Layer, check_int, init_weight, make_rng
 
 
 class Conv2D(Layer):
@@ -39,9 +39,8 @@ class Conv2D(Layer):
         super().__init__()
         ops.check_conv_algorithm(algorithm, "Conv2D")
         self.algorithm = algorithm
-        for label, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"Conv2D {label} must be a positive int, got {value!r}")
+        in_channels = check_int(in_channels, "Conv2D", "in_channels")
+        out_channels = check_int(out_channels, "Conv2D", "out_channels")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = ops._pair(kernel_size, "kernel_size")
         self.stride = ops._pair(stride, "stride")

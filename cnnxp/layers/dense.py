@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np  # host-side initialisation only
 from array_api_compat import array_namespace
 
-from .base import Layer, init_weight, make_rng
+from .base import Layer, check_int, init_weight, make_rng
 
 
 class Dense(Layer):
@@ -17,9 +17,8 @@ class Dense(Layer):
 
     def __init__(self, in_features, out_features, bias=True, init="he", seed=None):
         super().__init__()
-        for label, value in (("in_features", in_features), ("out_features", out_features)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"Dense {label} must be a positive int, got {value!r}")
+        in_features = check_int(in_features, "Dense", "in_features")
+        out_features = check_int(out_features, "Dense", "out_features")
         self.in_features, self.out_features = in_features, out_features
         rng = make_rng(seed)
         self.params["weight"] = init_weight(rng, (out_features, in_features), in_features, out_features, init)

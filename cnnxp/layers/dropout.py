@@ -8,7 +8,7 @@ import numpy as np  # host-side RNG only: masks are drawn here, then moved to th
 from array_api_compat import array_namespace
 
 from ..backend import device_of, to_device
-from .base import Layer, make_rng
+from .base import Layer, check_real, make_rng
 
 
 class Dropout(Layer):
@@ -21,9 +21,7 @@ class Dropout(Layer):
 
     def __init__(self, p=0.5, seed=None):
         super().__init__()
-        if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-            raise ValueError(f"Dropout probability must be in [0, 1], got {p!r}")
-        self.p = float(p)
+        self.p = check_real(p, "Dropout", "probability", 0.0, 1.0)
         self.rng = np.random.default_rng(make_rng(seed).integers(2**63)) if seed is None else make_rng(seed)
 
     def forward(self, x):

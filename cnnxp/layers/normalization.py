@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np  # host-side initialisation only
 from array_api_compat import array_namespace
 
-from .base import Layer
+from .base import Layer, check_int, check_real
 
 
 class BatchNorm2D(Layer):
@@ -20,11 +20,10 @@ class BatchNorm2D(Layer):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1):
         super().__init__()
-        if not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"BatchNorm2D num_features must be a positive int, got {num_features!r}")
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"BatchNorm2D momentum must be in [0, 1], got {momentum!r}")
-        self.num_features, self.eps, self.momentum = num_features, float(eps), float(momentum)
+        num_features = check_int(num_features, "BatchNorm2D", "num_features")
+        eps = check_real(eps, "BatchNorm2D", "eps", 0.0, low_open=True)
+        momentum = check_real(momentum, "BatchNorm2D", "momentum", 0.0, 1.0)
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.params["weight"] = np.ones(num_features, dtype=np.float32)
         self.params["bias"] = np.zeros(num_features, dtype=np.float32)
         self.buffers["running_mean"] = np.zeros(num_features, dtype=np.float32)

@@ -85,12 +85,12 @@ class Device:
 _CPU = Device("cpu", array_api_compat.numpy, "cpu")
 
 
-def _import_cupy():
+def _import_cupy(asked: str = "cuda"):
     try:
         import cupy
     except ImportError as exc:
         raise DeviceUnavailableError(
-            "device 'cuda' needs CuPy, which is not installed: "
+            f"device {asked!r} needs CuPy, which is not installed: "
             "pip install 'cnnxp[cuda12]' (CUDA 12) or 'cnnxp[cuda13]' (CUDA 13), or use --device cpu"
         ) from exc
     return cupy
@@ -112,8 +112,8 @@ def cuda_available() -> bool:
     return _gpu_count(cupy) > 0
 
 
-def _cuda_device(index: int) -> Device:
-    cupy = _import_cupy()
+def _cuda_device(index: int, asked: str | None = None) -> Device:
+    cupy = _import_cupy(asked or f"cuda:{index}")
     count = _gpu_count(cupy)
     if count == 0:
         raise DeviceUnavailableError(
@@ -169,7 +169,7 @@ def get_device(device: Any = "cpu", xp: ModuleType | None = None) -> Device:
     match = _CUDA_RE.match(name)
     if match is None:
         raise ValueError(f"unknown device {device!r}: expected {_DEVICE_FORMS}")
-    return _cuda_device(int(match.group(1) or 0))
+    return _cuda_device(int(match.group(1) or 0), asked=name)
 
 
 def describe(x: Any) -> str:
@@ -218,7 +218,10 @@ def check_input(x: Any, device: Device, where: str) -> None:
         ) from None
     if xp is device.xp and array_api_compat.device(x) == device.native:
         return
-    raise DeviceError(f"input is {describe(x)} but {where} is on {device.name}: move it with {move_hint(device)}")
+    place = device.name
+    if describe(x).endswith(f" on {device.name}"):  # same device name, another library: say which
+        place += f" with {device.xp.__name__.split('.')[-1]} arrays"
+    raise DeviceError(f"input is {describe(x)} but {where} is on {place}: move it with {move_hint(device)}")
 
 
 def move_hint(device: Device, owner: str = "model") -> str:

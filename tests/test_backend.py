@@ -50,6 +50,21 @@ def _fake_cupy(count):
     return types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=runtime))
 
 
+@pytest.mark.parametrize("name", ["cuda:0", "cuda:1"])
+def test_cuda_without_cupy_names_the_device_asked_for(monkeypatch, name):
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    with pytest.raises(cnnxp.DeviceUnavailableError, match=rf"^device '{name}' needs CuPy"):
+        cnnxp.to_device(np.zeros(2), name)
+
+
+def test_another_library_on_a_device_of_the_same_name_is_named():
+    """A torch tensor for a NumPy model: both say "cpu", so the message names the model's library."""
+    torch = pytest.importorskip("torch")
+    with pytest.raises(cnnxp.DeviceError, match=r"^input is an array of torch on cpu but the model is on cpu with "
+                                               r"numpy arrays: move it with cnnxp\.to_device\(x, 'cpu'\)$"):
+        lenet5(seed=0)(torch.zeros(2, 1, 28, 28))
+
+
 def test_cuda_without_gpu(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(None))
     with pytest.raises(cnnxp.DeviceUnavailableError, match="finds no CUDA GPU; use --device cpu"):

@@ -443,14 +443,14 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         return _train(args, config, checkpoint, device, out, (x_train, y_train), (x_test, y_test), prog, created)
     except UsageError as exc:
         _remove_empty(out, created)
-        print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
+        _note(prog, f"error: {exc}")
         return 2
     except RunError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
+        _note(prog, f"error: {exc}")
         return 1
     except OSError as exc:  # a picture or the last checkpoint that cannot be written
         where = f"cannot write {exc.filename!r}: {exc.strerror}" if exc.filename else _one_line(exc)
-        print(f"{prog}: error: {where}", file=sys.stderr, flush=True)
+        _note(prog, f"error: {where}")
         return 1
     finally:
         if previous_handler is not None:
@@ -665,7 +665,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(_one_line(exc)) from None
     except UsageError as exc:
         _remove_empty(out, created)
-        print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
+        _note(prog, f"error: {exc}")
         return 2
     try:
         loader = DataLoader(images, labels, args.batch_size, shuffle=False, device=device)
@@ -703,7 +703,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
             if written:
                 print(f"wrote {', '.join(str(out / w) for w in written)}")
     except RunError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
+        _note(prog, f"error: {exc}")
         return 1
     return 0
 
@@ -758,7 +758,7 @@ def inspect_main(argv: Sequence[str] | None = None) -> int:
                 raise UsageError(_one_line(exc)) from None
     except UsageError as exc:
         _remove_empty(out, created)
-        print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
+        _note(prog, f"error: {exc}")
         return 2
     from .timing import format_layer_times, layer_times
 
@@ -790,7 +790,7 @@ def inspect_main(argv: Sequence[str] | None = None) -> int:
         if written:
             print(f"wrote {out / written[0]}")
     except RunError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
+        _note(prog, f"error: {exc}")
         return 1
     return 0
 

@@ -27,6 +27,14 @@ def _execution_order(layers) -> list[int]:
     return order
 
 
+def _at_layer(index: int, layer, exc: Exception) -> Exception:
+    """``exc`` with the layer's position and name in front: a layer's message alone may not say which."""
+    try:
+        return type(exc)(f"layer {index} ({layer!r}): {exc}")
+    except TypeError:  # an exception type that takes other arguments: keep it as it was
+        return exc
+
+
 class Sequential:
     """A stack of layers on one device.
 
@@ -78,8 +86,8 @@ class Sequential:
             for i in _execution_order(self.layers):
                 try:
                     x = self.layers[i].forward(x)
-                except (ValueError, TypeError) as exc:  # say which layer: the message alone may not
-                    raise type(exc)(f"layer {i} ({self.layers[i]!r}): {exc}") from None
+                except (ValueError, TypeError) as exc:
+                    raise _at_layer(i, self.layers[i], exc) from None
         self._output_shape = tuple(x.shape)
         return x
 
@@ -204,7 +212,7 @@ class Sequential:
             try:
                 shape = layer.output_shape(shape)
             except (ValueError, TypeError) as exc:
-                raise type(exc)(f"layer {i} ({layer!r}): {exc}") from None
+                raise _at_layer(i, layer, exc) from None
             count = sum(math.prod(v.shape) for v in layer.params.values())
             rows.append((f"{i}: {layer!r}", str(("N", *shape[1:])).replace("'", ""), f"{count:,}"))
         widths = [max(len(r[c]) for r in rows) for c in range(3)]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any
 
 from array_api_compat import array_namespace
@@ -24,10 +22,7 @@ class Optimizer:
                             f"{owner}(model, lr=...) with model = Sequential([...])")
         if next(iter(model.named_parameters()), None) is None:
             raise ValueError(f"{owner} got a model with no parameters: nothing to train")
-        if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
-            raise TypeError(f"{owner} learning rate must be a number, got {lr!r} ({type(lr).__name__})")
-        if not 0 < lr < math.inf:
-            raise ValueError(f"learning rate must be positive and finite, got {lr!r}")
+        lr = check_real(lr, owner, "learning rate", 0.0, low_open=True)
         weight_decay = check_real(weight_decay, owner, "weight_decay", 0.0)
         self.model, self.lr, self.weight_decay = model, lr, weight_decay
         self.state: dict[str, Any] = {}  # per-parameter arrays, keyed "<slot>.<param key>"
@@ -108,7 +103,7 @@ class SGD(Optimizer):
         momentum = check_real(momentum, "SGD", "momentum", 0.0)
         if nesterov and momentum == 0:
             raise ValueError("Nesterov momentum needs momentum > 0")
-        self.momentum, self.nesterov = float(momentum), bool(nesterov)
+        self.momentum, self.nesterov = momentum, bool(nesterov)
 
     def _update(self, key, param, grad):
         if self.momentum:

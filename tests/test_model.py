@@ -370,7 +370,7 @@ def test_optimizer_state_moves_across_devices():
 
 def test_optimizer_errors():
     model = lenet5()
-    with pytest.raises(ValueError, match="learning rate must be positive"):
+    with pytest.raises(ValueError, match=r"SGD learning rate must be a finite number in \(0, inf\), got 0.0"):
         optim.SGD(model, lr=0)
     with pytest.raises(ValueError, match="Nesterov momentum needs momentum > 0"):
         optim.SGD(model, lr=0.1, nesterov=True)
@@ -464,7 +464,7 @@ def test_a_failed_state_load_changes_nothing():
     (lambda m: optim.SGD(m.layers, 0.1), TypeError, r"^SGD expected a cnnxp Sequential as its model, got list"),
     (lambda m: optim.SGD(cnnxp.Sequential([layers.ReLU()]), 0.1), ValueError, "SGD got a model with no parameters"),
     (lambda m: optim.SGD(m, "0.1"), TypeError, r"SGD learning rate must be a number, got '0.1' \(str\)"),
-    (lambda m: optim.SGD(m, float("inf")), ValueError, "learning rate must be positive and finite, got inf"),
+    (lambda m: optim.SGD(m, float("inf")), ValueError, r"SGD learning rate must be a finite number in \(0, inf\), got inf"),
     (lambda m: optim.SGD(m, 0.1, momentum=float("nan")), ValueError, "SGD momentum must be a finite number"),
     (lambda m: optim.SGD(m, 0.1, weight_decay=float("nan")), ValueError, "SGD weight_decay must be a finite number"),
     (lambda m: optim.Adam(m, eps=0), ValueError, r"Adam eps must be a finite number in \(0, inf\), got 0.0"),

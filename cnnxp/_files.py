@@ -1,0 +1,65 @@
+"""Files written whole or not at all.
+
+Every file cnnxp writes (checkpoints, JSON, pictures, IDX files, downloads) goes
+through `atomic_write`: the bytes go to a temporary file in the target's own folder
+(``.<name>.<random>.tmp``), which is flushed to disk and then renamed over the
+target. A reader sees the old file or the new one, never half of either; a crash
+leaves at most a temporary file, which `temporary_files` finds again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+__all__ = ["atomic_write", "usual_file_mode", "temporary_files"]
+
+TEMP_SUFFIX = ".tmp"
+
+
+def usual_file_mode() -> int:
+    """``0o666`` less the process's umask: the mode ``open()`` gives a new file (``mkstemp`` gives ``0o600``)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def temporary_files(path: str | os.PathLike) -> list[Path]:
+    """The temporary files `atomic_write` may have left beside ``path`` (a process killed mid-write)."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{path.name}.*{TEMP_SUFFIX}"))
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs) -> Iterator[IO]:
+    """Write ``path`` through a temporary file in its folder: ``with atomic_write(p) as f: f.write(...)``.
+
+    On leaving the block the file is flushed, synced, given the usual permissions and renamed
+    over ``path``; on any exception it is removed and ``path`` stays as it was. The folder is
+    created when missing. An OSError of the file system (a full disk, a folder that cannot be
+    written) is re-raised with ``path`` as its ``filename``, never the temporary name; other
+    exceptions raised in the block (a checksum that does not match, a network error) pass
+    through unchanged.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+    try:
+        with os.fdopen(fd, mode, **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, usual_file_mode())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if type(exc) is OSError or isinstance(exc, (PermissionError, FileNotFoundError)):
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+        raise

@@ -4,7 +4,7 @@ The same layers run on NumPy (``device="cpu"``) and on CuPy (``device="cuda"``);
 any other Array API library works through its device object and namespace.
 """
 
-from . import data, layers, losses, models, ops, optim, train
+from . import checkpoint, data, layers, losses, models, ops, optim, train
 from .backend import (
     Device,
     DeviceError,
@@ -24,6 +24,7 @@ __all__ = [
     "DeviceError",
     "DeviceUnavailableError",
     "Sequential",
+    "checkpoint",
     "cuda_available",
     "data",
     "get_device",

@@ -40,26 +40,39 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs) -> It
 
     On leaving the block the file is flushed, synced, given the usual permissions and renamed
     over ``path``; on any exception it is removed and ``path`` stays as it was. The folder is
-    created when missing. An OSError of the file system (a full disk, a folder that cannot be
-    written) is re-raised with ``path`` as its ``filename``, never the temporary name; other
-    exceptions raised in the block (a checksum that does not match, a network error) pass
-    through unchanged.
+    created when missing. Every OSError of the writing itself (a full disk, a folder that
+    cannot be written, a target that is a folder) is re-raised with ``path`` as its
+    ``filename``, never the temporary name; exceptions the block raises pass through as they
+    are (a checksum that does not match, a network error), except a bare ``OSError`` from a
+    write into the file, which is the disk's and names ``path`` too.
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     except OSError as exc:
-        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+        raise _naming(exc, path) from None
     try:
         with os.fdopen(fd, mode, **open_kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, usual_file_mode())
-        os.replace(tmp, path)
-    except BaseException as exc:
+            try:
+                yield f
+            except OSError as exc:
+                raise (_naming(exc, path) if type(exc) is OSError else exc) from None
+            try:
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError as exc:
+                raise _naming(exc, path) from None
+        try:
+            os.chmod(tmp, usual_file_mode())
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise _naming(exc, path) from None
+    except BaseException:
         Path(tmp).unlink(missing_ok=True)
-        if type(exc) is OSError or isinstance(exc, (PermissionError, FileNotFoundError)):
-            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
         raise
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """``exc`` as the same kind of OSError (same errno) with ``path`` as its filename."""
+    return OSError(exc.errno, exc.strerror or str(exc), str(path))

@@ -29,8 +29,9 @@ __all__ = [
     "to_device",
     "to_numpy",
     "describe",
+    "float_dtype",
     "check_input",
-    "device_of",
+    "array_device",
     "on_device_of",
     "cuda_available",
 ]
@@ -143,6 +144,8 @@ def get_device(device: Any = "cpu", xp: ModuleType | None = None) -> Device:
 
     Raises
     ------
+    TypeError
+        For a device that is neither a string nor a `Device` nor a native object with ``xp``.
     ValueError
         For a device string of an unknown form.
     DeviceUnavailableError
@@ -160,7 +163,7 @@ def get_device(device: Any = "cpu", xp: ModuleType | None = None) -> Device:
         probe = xp.asarray(0, device=device)
         return Device(str(device), array_api_compat.array_namespace(probe), array_api_compat.device(probe))
     if not isinstance(device, str):
-        raise ValueError(
+        raise TypeError(
             f"device must be {_DEVICE_FORMS}, or a library's device object passed with xp=, got {device!r}"
         )
     name = device.strip().lower()
@@ -170,6 +173,17 @@ def get_device(device: Any = "cpu", xp: ModuleType | None = None) -> Device:
     if match is None:
         raise ValueError(f"unknown device {device!r}: expected {_DEVICE_FORMS}")
     return _cuda_device(int(match.group(1) or 0), asked=name)
+
+
+def float_dtype(xp: ModuleType, dtype: Any):
+    """``xp``'s float32 or float64 from its name or the dtype itself; ValueError for any other dtype."""
+    if isinstance(dtype, str):
+        if dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        return getattr(xp, dtype)
+    if dtype not in (xp.float32, xp.float64):
+        raise ValueError(f"dtype must be 'float32' or 'float64' (or the library's float32 / float64), got {dtype!r}")
+    return dtype
 
 
 def describe(x: Any) -> str:
@@ -185,8 +199,12 @@ def describe(x: Any) -> str:
     return f"an array of {xp.__name__.split('.')[-1]} on {array_api_compat.device(x)}"
 
 
-def device_of(x: Any) -> Device:
-    """The `Device` an array lives on."""
+def array_device(x: Any) -> Device:
+    """The `Device` (name, namespace, native device) an array lives on.
+
+    Not to be confused with ``array_api_compat.device(x)``, which the ops call ``device_of``:
+    that is the library's own device object, what ``device=`` arguments take.
+    """
     if isinstance(x, np.ndarray):
         return _CPU
     xp = array_api_compat.array_namespace(x)

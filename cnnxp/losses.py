@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import numbers
-
 from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
 from . import ops
+from ._checks import check_real
 
 __all__ = ["softmax_cross_entropy"]
 
 
 def check_label_smoothing(value) -> float:
-    """``value`` as a float, or ValueError unless it is a number in [0, 1)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
-        raise ValueError(f"label_smoothing must be a number in [0, 1), got {value!r}")
-    return float(value)
+    """``value`` as a float in [0, 1): TypeError for a non-number, ValueError outside the range."""
+    return check_real(value, "", "label_smoothing", 0.0, 1.0, high_open=True)
 
 
 def softmax_cross_entropy(logits, labels, *, label_smoothing: float = 0.0, check_labels: bool = True):

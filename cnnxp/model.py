@@ -7,7 +7,7 @@ from typing import Any
 
 from . import backend
 from .layers.activations import ReLU
-from .layers.base import Layer, _resolve_dtype
+from .layers.base import Layer
 from .layers.dropout import Dropout
 from .layers.pool import MaxPool2D
 
@@ -123,7 +123,7 @@ class Sequential:
         """Move every parameter and buffer to ``device`` (a name, or a device object with ``xp=``), in place."""
         dev = backend.get_device(device, xp)
         if dtype is not None:
-            dtype = _resolve_dtype(dev.xp, dtype)
+            dtype = backend.float_dtype(dev.xp, dtype)
         with dev.activate():
             for layer in self.layers:
                 layer.to(dev, dtype=dtype)

@@ -7,7 +7,7 @@ from typing import Any
 from array_api_compat import array_namespace
 
 from . import backend
-from .layers.base import check_real
+from ._checks import check_real
 
 __all__ = ["SGD", "Adam"]
 

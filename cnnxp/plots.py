@@ -12,11 +12,11 @@ existing picture is never left half-overwritten) and returns its path.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np  # host side: pictures are drawn from host arrays
 
+from ._files import atomic_write
 from .backend import to_device, to_numpy
 
 __all__ = [
@@ -62,29 +62,13 @@ def _figure(width: float, height: float):
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    """Render ``fig`` as a PNG at ``path`` through a temporary file in the same directory.
+    """Render ``fig`` as a PNG at ``path``, whole or not at all (`cnnxp._files.atomic_write`).
 
     An OSError (a full disk) carries ``path`` as its ``filename``; the previous file, if any, stays.
     """
-    from .data.idx import usual_file_mode
-
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, str(path)) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png")
-        os.chmod(tmp, usual_file_mode())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png")
     return path
 
 

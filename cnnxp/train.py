@@ -1,17 +1,12 @@
-"""Training: fit / evaluate / predict, the per-epoch history, and checkpoints that resume exactly.
+"""Training: fit / evaluate / predict, the per-epoch history and the learning-rate schedules.
 
 Everything runs on the model's device. Metrics are accumulated there (a loss sum
 and a correct count per epoch) and reach the host through `cnnxp.to_numpy` at
 most once per batch: for the progress bar, about twice a second; otherwise once
 per epoch.
 
-A checkpoint is one ``.npz`` file without pickles (``numpy.load(path,
-allow_pickle=False)`` reads it): the model's state dict under ``model/``, the
-optimizer's under ``optimizer/``, the loader's shuffling state under
-``loader/``, and a JSON string ``meta`` with the epoch, the run's configuration,
-the history and the Dropout generators' states. It is written to a temporary
-file next to the target and renamed into place, so a crash mid-write leaves the
-previous checkpoint intact.
+The loop itself is `train_epoch` (forward, loss, backward, step, the running sums); `fit`
+runs it once per epoch, then evaluates, logs and calls back (checkpoints: `cnnxp.checkpoint`).
 """
 
 from __future__ import annotations
@@ -19,52 +14,25 @@ from __future__ import annotations
 import functools
 import json
 import math
-import numbers
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np  # host side only: checkpoint files and metrics after to_numpy
+import numpy as np  # host side only: metrics after to_numpy
 
 from . import ops
+from ._checks import check_int
 from .backend import to_device, to_numpy
-from .data.idx import usual_file_mode
 from .losses import check_label_smoothing, softmax_cross_entropy
 from .timing import synchronize
 
-__all__ = [
-    "History",
-    "EvalResult",
-    "Checkpoint",
-    "CheckpointError",
-    "fit",
-    "evaluate",
-    "predict",
-    "cosine_lr",
-    "exponential_lr",
-    "save_checkpoint",
-    "load_checkpoint",
-    "restore",
-    "CHECKPOINT_FORMAT",
-]
-
-CHECKPOINT_FORMAT = 1
+__all__ = ["History", "EvalResult", "HISTORY_KEYS", "fit", "train_epoch", "EpochProgress", "evaluate", "predict",
+           "cosine_lr", "exponential_lr"]
 
 #: The columns of one epoch's row in a `History`.
-HISTORY_KEYS = (
-    "epoch",
-    "train_loss",
-    "train_accuracy",
-    "test_loss",
-    "test_accuracy",
-    "seconds",
-    "images_per_second",
-)
+HISTORY_KEYS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds", "images_per_second")
 
 
 class History:
@@ -134,7 +102,7 @@ class EvalResult:
             return np.diag(self.confusion) / totals
 
 
-# -- the training loop ---------------------------------------------------------------
+# -- learning-rate schedules ----------------------------------------------------------
 
 
 def exponential_lr(base_lr: float, gamma: float = 0.6) -> Callable[[int, int, int], float]:
@@ -165,6 +133,9 @@ def cosine_lr(base_lr: float, final_fraction: float = 0.0) -> Callable[[int, int
     return schedule
 
 
+# -- the loss and the metrics of a step ------------------------------------------------
+
+
 def _num_classes(model) -> int | None:
     for layer in reversed(model.layers):
         weight = layer.params.get("weight")
@@ -188,29 +159,141 @@ def _checked_once(model, loader, label_smoothing: float = 0.0, classes: int | No
     return functools.partial(softmax_cross_entropy, check_labels=False, label_smoothing=label_smoothing)
 
 
+def _fit_losses(model, loader, loss_fn, label_smoothing: float):
+    """`fit`'s (training loss, test loss): label smoothing trains the default loss only, and the test
+    loss stays unsmoothed, comparable between runs."""
+    if loss_fn is softmax_cross_entropy:
+        return _checked_once(model, loader, label_smoothing), loss_fn
+    if label_smoothing:
+        raise ValueError("label_smoothing applies to the default loss only: smooth the targets inside your loss_fn")
+    return loss_fn, loss_fn
+
+
 def _correct(xp, logits, labels):
     return xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, xp.int64))
 
 
+# -- the training loop ---------------------------------------------------------------
+
+
+class EpochProgress:
+    """The progress bar of one epoch: a tqdm bar on stderr with the running loss, accuracy and speed.
+
+    The running sums live on the device; they are read back to the host only when
+    the bar's text is refreshed, at most every ``REFRESH_SECONDS`` and after the
+    last step, never at every step.
+    """
+
+    REFRESH_SECONDS = 0.5
+
+    def __init__(self, bar, total: int, xp):
+        self.bar, self.total, self.xp = bar, total, xp
+        self.start = time.perf_counter()
+        self.last_shown = 0.0
+
+    @classmethod
+    def open(cls, total: int, desc: str, enabled: bool, xp) -> EpochProgress | None:
+        """A display for ``total`` steps, or None; tqdm's ``disable=None`` hides it when stderr is not a terminal."""
+        if not enabled:
+            return None
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # tqdm is a dependency, but a bare library install still trains
+            return None
+        bar = tqdm(total=total, desc=desc, unit="batch", leave=False, disable=None, file=sys.stderr,
+                   dynamic_ncols=True, mininterval=cls.REFRESH_SECONDS)
+        return cls(bar, total, xp)
+
+    def update(self, loss_sum, correct, seen: int) -> None:
+        """One step done; ``loss_sum`` and ``correct`` are the epoch's running sums over ``seen`` images."""
+        self.bar.update(1)
+        now = time.perf_counter()
+        if now - self.last_shown < self.REFRESH_SECONDS and self.bar.n != self.total:
+            return
+        self.last_shown = now
+        xp = self.xp
+        values = to_numpy(xp.stack([xp.astype(loss_sum, xp.float32), xp.astype(correct, xp.float32)]))
+        self.bar.set_postfix_str(f"loss {values[0] / seen:.4f} acc {100 * values[1] / seen:.2f}% "
+                                 f"{seen / (now - self.start):,.0f} img/s", refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def train_epoch(model, optimizer, loader, loss_fn=softmax_cross_entropy, *, first_step: int = 0,
+                lr_at: Callable[[int], float] | None = None, progress: EpochProgress | None = None):
+    """One pass over ``loader``: forward, loss, backward and an optimizer step for every batch.
+
+    ``lr_at(step)`` (optional) sets the learning rate before each step, ``step``
+    counting on from ``first_step``. Returns ``(loss_sum, correct, seen)``: the
+    summed loss and the number of correct predictions as device scalars (None
+    without batches) and the number of images; nothing is read back to the host
+    here, except through ``progress``.
+    """
+    xp = model.device.xp
+    loss_sum = correct = None
+    seen = 0
+    step = first_step
+    # The loss and the running sums are made here, outside the model's own calls: on CuPy,
+    # new arrays go to the current GPU, so the model's device is made current for them.
+    with model.device.activate():
+        for x, y in loader:
+            if lr_at is not None:
+                optimizer.lr = lr_at(step)
+            logits = model(x)
+            loss, grad = loss_fn(logits, y)
+            model.backward(grad, need_input_grad=False)
+            optimizer.step()
+            step += 1
+            batch = int(y.shape[0])
+            seen += batch
+            batch_loss = loss * batch
+            batch_correct = _correct(xp, logits, y)
+            loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
+            correct = batch_correct if correct is None else correct + batch_correct
+            if progress is not None:
+                progress.update(loss_sum, correct, seen)
+    return loss_sum, correct, seen
+
+
+def _fit_epoch(model, optimizer, loader, loss_fn, lr_at, *, epoch: int, epochs: int, steps: int,
+               progress: bool) -> dict[str, Any]:
+    """Train epoch ``epoch`` of ``epochs`` (``steps`` steps) with its progress bar; its history row, no test yet."""
+    model.train()
+    bar = EpochProgress.open(steps, f"epoch {epoch}/{epochs}", progress, model.device.xp)
+    start = time.perf_counter()
+    try:
+        loss_sum, correct, seen = train_epoch(model, optimizer, loader, loss_fn, lr_at=lr_at, progress=bar,
+                                              first_step=(epoch - 1) * steps)
+    finally:
+        if bar is not None:
+            bar.close()
+    if seen == 0:
+        raise ValueError("the training loader yielded no batches")
+    synchronize(model.device)
+    seconds = time.perf_counter() - start
+    return {
+        "epoch": epoch,
+        "train_loss": float(to_numpy(loss_sum)) / seen,
+        "train_accuracy": float(to_numpy(correct)) / seen,
+        "test_loss": None,
+        "test_accuracy": None,
+        "seconds": seconds,
+        "images_per_second": seen / seconds,
+    }
+
+
+def _test_metrics(model, loader, loss_fn) -> dict[str, float]:
+    start = time.perf_counter()
+    result = evaluate(model, loader, loss_fn=loss_fn)
+    return {"test_loss": result.loss, "test_accuracy": result.accuracy, "eval_seconds": time.perf_counter() - start}
+
+
 def _format_epoch(row: dict[str, Any], epochs: int) -> str:
-    text = (
-        f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_accuracy']:.2f}%"
-    )
+    text = f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_accuracy']:.2f}%"
     if row.get("test_loss") is not None:
         text += f"  test loss {row['test_loss']:.4f} acc {100 * row['test_accuracy']:.2f}%"
     return text + f"  {row['seconds']:.1f} s  {row['images_per_second']:,.0f} img/s"
-
-
-def _progress_bar(total: int, desc: str, enabled: bool):
-    """A tqdm bar on stderr, or None. tqdm's ``disable=None`` turns it off when stderr is not a terminal."""
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is a dependency, but a bare library install still trains
-        return None
-    return tqdm(total=total, desc=desc, unit="batch", leave=False, disable=None, file=sys.stderr,
-                dynamic_ncols=True, mininterval=0.5)
 
 
 def fit(
@@ -262,74 +345,16 @@ def fit(
     -------
     History
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
-        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
-    epochs = int(epochs)
+    epochs = check_int(epochs, "fit", "epochs")
     history = History() if history is None else history
-    xp = model.device.xp
     steps_per_epoch = len(train_loader)
-    eval_loss_fn = loss_fn
-    if loss_fn is softmax_cross_entropy:
-        loss_fn = _checked_once(model, train_loader, label_smoothing)
-    elif label_smoothing:
-        raise ValueError("label_smoothing applies to the default loss only: smooth the targets inside your loss_fn")
+    train_loss_fn, test_loss_fn = _fit_losses(model, train_loader, loss_fn, label_smoothing)
+    lr_at = None if lr_schedule is None else (lambda step: lr_schedule(step, steps_per_epoch, epochs))
     for epoch in range(len(history) + 1, epochs + 1):
-        model.train()
-        step = (epoch - 1) * steps_per_epoch
-        bar = _progress_bar(steps_per_epoch, f"epoch {epoch}/{epochs}", progress)
-        loss_sum = correct = None
-        seen = 0
-        last_shown = 0.0
-        start = time.perf_counter()
-        try:
-            # The loss and the running sums are made here, outside the model's own calls: on CuPy,
-            # new arrays go to the current GPU, so the model's device is made current for them.
-            with model.device.activate():
-                for x, y in train_loader:
-                    if lr_schedule is not None:
-                        optimizer.lr = lr_schedule(step, steps_per_epoch, epochs)
-                    logits = model(x)
-                    loss, grad = loss_fn(logits, y)
-                    model.backward(grad, need_input_grad=False)
-                    optimizer.step()
-                    step += 1
-                    batch = int(y.shape[0])
-                    seen += batch
-                    batch_loss = loss * batch
-                    batch_correct = _correct(xp, logits, y)
-                    loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
-                    correct = batch_correct if correct is None else correct + batch_correct
-                    if bar is not None:
-                        bar.update(1)
-                        now = time.perf_counter()
-                        if now - last_shown >= 0.5 or bar.n == steps_per_epoch:
-                            last_shown = now
-                            values = to_numpy(xp.stack([xp.astype(loss_sum, xp.float32),
-                                                        xp.astype(correct, xp.float32)]))
-                            bar.set_postfix_str(
-                                f"loss {values[0] / seen:.4f} acc {100 * values[1] / seen:.2f}% "
-                                f"{seen / (now - start):,.0f} img/s", refresh=False)
-        finally:
-            if bar is not None:
-                bar.close()
-        if seen == 0:
-            raise ValueError("the training loader yielded no batches")
-        synchronize(model.device)
-        seconds = time.perf_counter() - start
-        row = {
-            "epoch": epoch,
-            "train_loss": float(to_numpy(loss_sum)) / seen,
-            "train_accuracy": float(to_numpy(correct)) / seen,
-            "test_loss": None,
-            "test_accuracy": None,
-            "seconds": seconds,
-            "images_per_second": seen / seconds,
-        }
+        row = _fit_epoch(model, optimizer, train_loader, train_loss_fn, lr_at, epoch=epoch, epochs=epochs,
+                         steps=steps_per_epoch, progress=progress)
         if eval_loader is not None:
-            eval_start = time.perf_counter()
-            result = evaluate(model, eval_loader, loss_fn=eval_loss_fn)
-            row["test_loss"], row["test_accuracy"] = result.loss, result.accuracy
-            row["eval_seconds"] = time.perf_counter() - eval_start
+            row.update(_test_metrics(model, eval_loader, test_loss_fn))
         history.append(row)
         if log is not None:
             log(_format_epoch(row, epochs))
@@ -403,13 +428,12 @@ def predict(model, x, batch_size: int | None = None):
     classes : int array (N,)
     probabilities : array (N, classes), rows sum to one
     """
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
-                                   or batch_size < 1):
-        raise ValueError(f"predict: batch_size must be a positive integer or None, got {batch_size!r}")
+    if batch_size is not None:
+        batch_size = check_int(batch_size, "predict", "batch_size")
     x = to_device(x, model.device)
     xp = model.device.xp
     n = int(x.shape[0])
-    step = max(n, 1) if batch_size is None else int(batch_size)
+    step = max(n, 1) if batch_size is None else batch_size
     was_training = model.training
     model.eval()
     try:
@@ -421,175 +445,3 @@ def predict(model, x, batch_size: int | None = None):
             return xp.argmax(probs, axis=1), probs
     finally:
         model.train(was_training)
-
-
-# -- checkpoints -------------------------------------------------------------------------
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read or does not fit the model."""
-
-
-@dataclass
-class Checkpoint:
-    """A checkpoint read back from disk; arrays are NumPy arrays on the host."""
-
-    epoch: int
-    model_state: dict[str, np.ndarray]
-    optimizer_state: dict[str, Any]
-    loader_state: dict[str, Any] | None
-    model_rng: dict[str, str]
-    config: dict[str, Any]
-    history: History
-    path: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _host_value(value):
-    if isinstance(value, (bool, int, float, str, np.generic)):
-        return np.asarray(value)
-    return to_numpy(value)
-
-
-def checkpoint_arrays(model, optimizer, *, epoch: int, history: History | None = None,
-                      config: dict[str, Any] | None = None, loader=None) -> dict[str, np.ndarray]:
-    """The host arrays of a checkpoint (what `save_checkpoint` writes), taken now."""
-    arrays: dict[str, np.ndarray] = {}
-    for key, value in model.state_dict().items():
-        arrays[f"model/{key}"] = np.array(to_numpy(value), copy=True)
-    if optimizer is not None:
-        for key, value in optimizer.state_dict().items():
-            arrays[f"optimizer/{key}"] = np.array(_host_value(value), copy=True)
-    if loader is not None and hasattr(loader, "state_dict"):
-        for key, value in loader.state_dict().items():
-            arrays[f"loader/{key}"] = np.asarray(value)
-    meta = {
-        "format": CHECKPOINT_FORMAT,
-        "epoch": int(epoch),
-        "config": config or {},
-        "history": (history or History()).rows,
-        "model_rng": model.rng_state(),
-    }
-    arrays["meta"] = np.asarray(json.dumps(meta))
-    return arrays
-
-
-def _write_npz(file, arrays: dict[str, np.ndarray]) -> None:
-    np.savez(file, **arrays)
-
-
-def write_arrays_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
-    """Write ``arrays`` as an ``.npz`` to ``path`` through a temporary file in the same directory.
-
-    The target is replaced only once the whole file is on disk; on any failure the
-    temporary file is removed and the previous file (if any) is left as it was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _write_npz(f, arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp_name, usual_file_mode())  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp_name, path)
-    except OSError as exc:  # name the file being written, not the temporary one
-        Path(tmp_name).unlink(missing_ok=True)
-        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
-
-
-def save_checkpoint(path: str | os.PathLike, model, optimizer, *, epoch: int, history: History | None = None,
-                    config: dict[str, Any] | None = None, loader=None) -> Path:
-    """Write a checkpoint atomically (see the module docstring for its layout); returns the path."""
-    arrays = checkpoint_arrays(model, optimizer, epoch=epoch, history=history, config=config, loader=loader)
-    return write_arrays_atomic(path, arrays)
-
-
-def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read a checkpoint written by `save_checkpoint`, on the host.
-
-    Raises
-    ------
-    FileNotFoundError
-        When there is no file at ``path``.
-    CheckpointError
-        When the file is not a cnnxp checkpoint (truncated, corrupt, another format).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except Exception as exc:  # BadZipFile, EOFError, ValueError, OSError, zlib.error ...
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} cannot be read ({type(exc).__name__}: {exc}); "
-            "it may be truncated or not a cnnxp checkpoint"
-        ) from None
-    if "meta" not in arrays:
-        raise CheckpointError(f"{str(path)!r} is not a cnnxp checkpoint: it has no 'meta' entry")
-    try:
-        meta = json.loads(str(arrays.pop("meta")))
-        epoch = int(meta["epoch"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"checkpoint {str(path)!r} has an unreadable 'meta' entry ({exc})") from None
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} has format {meta.get('format')!r}, this version reads {CHECKPOINT_FORMAT}"
-        )
-    for key, kind in (("config", dict), ("model_rng", dict), ("history", list)):
-        if key in meta and not isinstance(meta[key], kind):
-            raise CheckpointError(f"checkpoint {str(path)!r} has a bad {key!r} in its 'meta' entry: expected "
-                                  f"a {kind.__name__}, got {type(meta[key]).__name__}")
-    for i, row in enumerate(meta.get("history", [])):
-        if not isinstance(row, dict) or row.get("epoch") != i + 1:
-            raise CheckpointError(f"checkpoint {str(path)!r} has a bad history row {i + 1}: expected "
-                                  f"a dict of that epoch's metrics with \"epoch\": {i + 1}")
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.get("model_rng", {}).items()):
-        raise CheckpointError(f"checkpoint {str(path)!r} has a bad 'model_rng' entry: expected layer indices "
-                              "mapped to generator states")
-    parts: dict[str, dict[str, Any]] = {"model": {}, "optimizer": {}, "loader": {}}
-    for key, value in arrays.items():
-        group, _, name = key.partition("/")
-        if group in parts and name:
-            parts[group][name] = value
-    optimizer_state: dict[str, Any] = {}
-    for key, value in parts["optimizer"].items():
-        optimizer_state[key] = value if key.startswith("state.") else value.item()
-    return Checkpoint(
-        epoch=epoch,
-        model_state=parts["model"],
-        optimizer_state=optimizer_state,
-        loader_state=parts["loader"] or None,
-        model_rng=dict(meta.get("model_rng", {})),
-        config=dict(meta.get("config", {})),
-        history=History(meta.get("history", [])),
-        path=path,
-    )
-
-
-def restore(checkpoint: Checkpoint, model, optimizer=None, loader=None) -> None:
-    """Load a checkpoint into a model (on any device), its optimizer and its training loader."""
-    try:
-        model.load_state_dict(checkpoint.model_state)
-    except (KeyError, ValueError) as exc:
-        where = f" {str(checkpoint.path)!r}" if checkpoint.path else ""
-        raise CheckpointError(f"checkpoint{where} does not fit the model: {exc.args[0]}") from None
-    try:
-        model.set_rng_state(checkpoint.model_rng)
-    except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
-        where = f" {str(checkpoint.path)!r}" if checkpoint.path else ""
-        raise CheckpointError(f"checkpoint{where} has random-generator states that do not fit the model "
-                              f"({type(exc).__name__}: {exc})") from None
-    if optimizer is not None and checkpoint.optimizer_state:
-        optimizer.load_state_dict(checkpoint.optimizer_state)
-    if loader is not None and checkpoint.loader_state is not None:
-        loader.load_state_dict(checkpoint.loader_state)

@@ -44,7 +44,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 # Benchmark this checkout's cnnxp, installed or not: the repository root on the path, not scripts/
@@ -108,7 +107,7 @@ if ARGS.threads is not None:  # before NumPy loads its BLAS
 import numpy as np  # noqa: E402
 
 import cnnxp  # noqa: E402
-from cnnxp.data.idx import usual_file_mode  # noqa: E402
+from cnnxp._files import atomic_write  # noqa: E402
 from cnnxp.losses import softmax_cross_entropy  # noqa: E402
 from cnnxp.models import lenet5, seed_cnn  # noqa: E402
 from cnnxp.optim import SGD  # noqa: E402
@@ -604,16 +603,9 @@ def main(args) -> int:
             worker.close()
     meta["load_average_after"] = load_average()
     print_table(rows, meta)
-    if args.json:  # through a temporary file: an earlier result is never left half-overwritten
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(args.json)), suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"meta": meta, "results": rows, "profiles": profiles}, f, indent=2)
-            os.chmod(tmp, usual_file_mode())
-            os.replace(tmp, args.json)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+    if args.json:  # whole or not at all: an earlier result is never left half-overwritten
+        with atomic_write(args.json, "w") as f:
+            json.dump({"meta": meta, "results": rows, "profiles": profiles}, f, indent=2)
         print(f"wrote {args.json}")
     return 0
 

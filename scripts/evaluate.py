@@ -1,4 +1,4 @@
-"""Command line: see `python scripts/evaluate.py --help`; the logic lives in cnnxp.cli.evaluate_main."""
+"""Command line: see `python scripts/evaluate.py --help`; the program lives in cnnxp/cli/evaluate.py."""
 
 import os
 import sys

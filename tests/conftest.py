@@ -87,3 +87,16 @@ BACKEND_IDS = [
 def backend(request) -> Backend:
     """One entry of the backend matrix."""
     return _make(request.param)
+
+
+@pytest.fixture(params=["fast", "plain"])
+def kernels(request, monkeypatch):
+    """The layers' kernels: the fast ones they run, or the plain ones (cnnxp.ops.conv, .pool) swapped in."""
+    if request.param == "plain":
+        from cnnxp import ops
+        from cnnxp.layers import conv as conv_layer
+        from cnnxp.layers import pool as pool_layer
+
+        monkeypatch.setattr(conv_layer, "kernels", ops.conv)
+        monkeypatch.setattr(pool_layer, "kernels", ops.pool)
+    return request.param

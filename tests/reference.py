@@ -26,6 +26,24 @@ def conv2d_loops(x, w, b, stride, padding):
     return out
 
 
+def conv2d_loops_backward(x, w, g, stride, padding):
+    """Gradients of ``sum(conv2d_loops(x, w, b) * g)`` w.r.t. x, w and b, by the same loops (float64)."""
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    xp_ = np.zeros((n, c, h + 2 * padding, wd + 2 * padding))
+    xp_[:, :, padding:padding + h, padding:padding + wd] = x
+    dxp = np.zeros_like(xp_)
+    dw = np.zeros(w.shape)
+    for i in range(n):
+        for f in range(o):
+            for r in range(g.shape[2]):
+                for s in range(g.shape[3]):
+                    rows, cols = slice(r * stride, r * stride + kh), slice(s * stride, s * stride + kw)
+                    dw[f] += g[i, f, r, s] * xp_[i, :, rows, cols]
+                    dxp[i, :, rows, cols] += g[i, f, r, s] * w[f]
+    return dxp[:, :, padding:padding + h, padding:padding + wd], dw, g.sum(axis=(0, 2, 3))
+
+
 def pool2d_loops(x, k, stride, padding, mode):
     """Max pooling (padding -inf, first maximum) or average pooling (zero padding counted) by loops.
 

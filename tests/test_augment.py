@@ -176,24 +176,24 @@ def test_affine_same_seed_same_pictures_on_every_backend(backend):
     assert len({out[i].tobytes() for i in range(8)}) == 8
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"degrees": -1}, "RandomAffine: degrees must be >= 0 and below 180, got -1"),
-    ({"degrees": 180}, "RandomAffine: degrees must be >= 0 and below 180, got 180"),
-    ({"degrees": 400.5}, "RandomAffine: degrees must be >= 0 and below 180, got 400.5"),
-    ({"degrees": float("nan")}, "RandomAffine: degrees must be >= 0 and below 180, got nan"),
-    ({"translate": -0.5}, "RandomAffine: translate must be >= 0, got -0.5"),
-    ({"translate": float("nan")}, "RandomAffine: translate must be >= 0, got nan"),
-    ({"translate": float("inf")}, "RandomAffine: translate must be >= 0, got inf"),
-    ({"scale": 1}, "RandomAffine: scale must be >= 0 and below 1, got 1"),
-    ({"scale": 1.5}, "RandomAffine: scale must be >= 0 and below 1, got 1.5"),
-    ({"scale": -0.1}, "RandomAffine: scale must be >= 0 and below 1, got -0.1"),
-    ({"degrees": "10"}, "RandomAffine: degrees must be a number, got '10'"),
-    ({"translate": None}, "RandomAffine: translate must be a number, got None"),
-    ({"scale": True}, "RandomAffine: scale must be a number, got True"),
-    ({"degrees": False}, "RandomAffine: degrees must be a number, got False"),
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    ({"degrees": -1}, ValueError, "RandomAffine degrees must be a finite number in [0, 180), got -1.0"),
+    ({"degrees": 180}, ValueError, "RandomAffine degrees must be a finite number in [0, 180), got 180.0"),
+    ({"degrees": 400.5}, ValueError, "RandomAffine degrees must be a finite number in [0, 180), got 400.5"),
+    ({"degrees": float("nan")}, ValueError, "RandomAffine degrees must be a finite number in [0, 180), got nan"),
+    ({"translate": -0.5}, ValueError, "RandomAffine translate must be a finite number in [0, inf), got -0.5"),
+    ({"translate": float("nan")}, ValueError, "RandomAffine translate must be a finite number in [0, inf), got nan"),
+    ({"translate": float("inf")}, ValueError, "RandomAffine translate must be a finite number in [0, inf), got inf"),
+    ({"scale": 1}, ValueError, "RandomAffine scale must be a finite number in [0, 1), got 1.0"),
+    ({"scale": 1.5}, ValueError, "RandomAffine scale must be a finite number in [0, 1), got 1.5"),
+    ({"scale": -0.1}, ValueError, "RandomAffine scale must be a finite number in [0, 1), got -0.1"),
+    ({"degrees": "10"}, TypeError, "RandomAffine degrees must be a number, got '10' (str)"),
+    ({"translate": None}, TypeError, "RandomAffine translate must be a number, got None (NoneType)"),
+    ({"scale": True}, TypeError, "RandomAffine scale must be a number, got True (bool)"),
+    ({"degrees": False}, TypeError, "RandomAffine degrees must be a number, got False (bool)"),
 ])  # fmt: skip
-def test_affine_rejects_bad_bounds(kwargs, message):
-    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+def test_affine_rejects_bad_bounds(kwargs, error, message):
+    with pytest.raises(error, match=f"^{re.escape(message)}$"):
         RandomAffine(**kwargs)
 
 
@@ -265,7 +265,11 @@ def test_shift_zero_returns_the_batch_and_draws_nothing():
 
 @pytest.mark.parametrize("value", [-1, 1.5, True, "2", None])
 def test_shift_rejects_bad_pixels(value):
-    with pytest.raises(ValueError, match=f"^{re.escape(f'RandomShift: pixels must be an integer >= 0, got {value!r}')}$"):
+    if value == -1:
+        error, message = ValueError, "RandomShift pixels must be an int >= 0, got -1"
+    else:
+        error, message = TypeError, f"RandomShift pixels must be an int, got {value!r} ({type(value).__name__})"
+    with pytest.raises(error, match=f"^{re.escape(message)}$"):
         RandomShift(value)
 
 
@@ -322,10 +326,10 @@ def test_parse_augment_rejects_other_forms(text):
 
 
 @pytest.mark.parametrize(("text", "reason"), [
-    ("affine:200,0,0", "RandomAffine: degrees must be >= 0 and below 180, got 200"),
-    ("affine:10,-1,0", "RandomAffine: translate must be >= 0, got -1"),
-    ("affine:10,1,1", "RandomAffine: scale must be >= 0 and below 1, got 1"),
-    ("affine:nan,1,0.1", "RandomAffine: degrees must be >= 0 and below 180, got nan"),
+    ("affine:200,0,0", "RandomAffine degrees must be a finite number in [0, 180), got 200.0"),
+    ("affine:10,-1,0", "RandomAffine translate must be a finite number in [0, inf), got -1.0"),
+    ("affine:10,1,1", "RandomAffine scale must be a finite number in [0, 1), got 1.0"),
+    ("affine:nan,1,0.1", "RandomAffine degrees must be a finite number in [0, 180), got nan"),
 ])  # fmt: skip
 def test_parse_augment_names_the_bad_bound(text, reason):
     with pytest.raises(ValueError, match=f"^{re.escape(f'bad augmentation {text!r}: {reason}')}$"):
@@ -420,7 +424,7 @@ def test_loader_augment_errors():
                                          r"\(random_shift=N is augment=RandomShift\(N\)\)$"):
         DataLoader(images, labels, 2, random_shift=1, augment=RandomShift(1))
     for bad in ("affine", 3, [RandomShift(1)]):
-        with pytest.raises(ValueError, match=f"^{re.escape(f'DataLoader: augment must be a callable transform(pixels, rng), got {bad!r}')}$"):
+        with pytest.raises(TypeError, match=f"^{re.escape(f'DataLoader augment must be a callable transform(pixels, rng), got {bad!r}')}$"):
             DataLoader(images, labels, 2, augment=bad)
     # random_shift=0 is "off", so an augment beside it is fine
     assert isinstance(DataLoader(images, labels, 2, random_shift=0, augment=RandomShift(1)).augment, RandomShift)

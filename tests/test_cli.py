@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 
 from cnnxp import cli
-from cnnxp.backend import cuda_available
+from cnnxp.backend import cuda_available, get_device
+from cnnxp.checkpoint import load_checkpoint
+from cnnxp.cli import common, runs
+from cnnxp.cli import train as train_cli
 from cnnxp.data import datasets
-from cnnxp.train import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
@@ -236,17 +238,18 @@ def test_augment_messages_name_the_accepted_forms(capsys):
     ("affine", "affine:12,2,0.12"), ("AFFINE:10,1.50,0.1", "affine:10,1.5,0.1"), ("affine:0,0,0", "affine:0,0,0"),
 ])  # fmt: skip
 def test_augment_is_stored_as_its_canonical_spec(text, spec):
-    assert cli.train_parser().parse_args(["--augment", text]).augment == spec
+    assert train_cli.train_parser().parse_args(["--augment", text]).augment == spec
 
 
 def test_label_smoothing_flag_and_defaults():
-    assert cli.train_parser().parse_args(["--label-smoothing", "0.2"]).label_smoothing == 0.2
-    assert cli.train_parser().parse_args(["--label-smoothing", "0"]).label_smoothing == 0.0
-    assert cli.train_parser().parse_args([]).label_smoothing is None  # the default comes from DEFAULTS
+    assert train_cli.train_parser().parse_args(["--label-smoothing", "0.2"]).label_smoothing == 0.2
+    assert train_cli.train_parser().parse_args(["--label-smoothing", "0"]).label_smoothing == 0.0
+    assert train_cli.train_parser().parse_args([]).label_smoothing is None  # the default comes from DEFAULTS
     assert 0 <= cli.DEFAULTS["label_smoothing"] < 1
-    assert cli.train_parser().parse_args(["--augment", cli.DEFAULTS["augment"]]).augment == cli.DEFAULTS["augment"]
-    assert {"augment", "label_smoothing"} <= set(cli.RESUMED_KEYS)
-    assert cli.OLDER_DEFAULTS == {"label_smoothing": 0.0}
+    augment = cli.DEFAULTS["augment"]
+    assert train_cli.train_parser().parse_args(["--augment", augment]).augment == augment
+    assert {"augment", "label_smoothing"} <= set(train_cli.RESUMED_KEYS)
+    assert train_cli.OLDER_DEFAULTS == {"label_smoothing": 0.0}
 
 
 def _as_older_checkpoint(path: Path) -> None:
@@ -362,7 +365,7 @@ def test_a_refused_run_removes_the_folders_it_made(tmp_path, one_epoch, capsys):
 
 def test_runs_started_together_get_folders_of_their_own(tmp_path):
     base = tmp_path / "runs" / "mnist-sample-seed-20261129-120000"
-    (first, made), (second, _), (third, _) = (cli._new_run_dir(base) for _ in range(3))
+    (first, made), (second, _), (third, _) = (runs.new_run_dir(base) for _ in range(3))
     assert [first.name, second.name, third.name] == [base.name, base.name + "-2", base.name + "-3"]
     assert all(p.is_dir() for p in (first, second, third))
     assert made == tmp_path / "runs"  # the outermost folder it created, removed again if the run stops early
@@ -370,7 +373,7 @@ def test_runs_started_together_get_folders_of_their_own(tmp_path):
 
 def test_metrics_and_history_are_strict_json_when_training_diverges(tmp_path):
     path = tmp_path / "metrics.json"
-    cli._write_json(path, {"test_loss": float("nan"), "rows": [{"loss": float("inf")}, {"loss": 1.5}]})
+    common.write_json(path, {"test_loss": float("nan"), "rows": [{"loss": float("inf")}, {"loss": 1.5}]})
 
     def refuse(name):
         raise ValueError(f"not strict JSON: {name}")
@@ -384,7 +387,7 @@ def test_a_checkpoint_that_cannot_be_written_ends_with_one_line(tmp_path, monkey
     def full(path, arrays):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cli, "write_arrays_atomic", full)
+    monkeypatch.setattr(train_cli, "write_checkpoint", full)
     out = tmp_path / "run"
     status = cli.train_main(["--dataset", "mnist-sample", "--model", "seed", "--epochs", "1", "--quiet",
                              "--no-plots", "--out", str(out)])
@@ -401,12 +404,12 @@ def test_ctrl_c_before_training_starts(tmp_path, monkeypatch, capsys, one_epoch)
         raise KeyboardInterrupt
 
     out = tmp_path / "run"
-    monkeypatch.setattr(cli, "_load_data", interrupt)
+    monkeypatch.setattr(train_cli, "load_data", interrupt)
     assert cli.train_main(["--dataset", "mnist-sample", "--out", str(out), "--quiet"]) == 130
     assert capsys.readouterr().err.strip() == "train.py: interrupted before training started: nothing was written"
     assert not out.exists()
     monkeypatch.undo()
-    monkeypatch.setattr(cli.models, "build", interrupt)
+    monkeypatch.setattr(train_cli.models, "build", interrupt)
     assert cli.train_main(["--dataset", "mnist-sample", "--out", str(out), "--quiet"]) == 130
     assert capsys.readouterr().err.strip() == ("train.py: interrupted before the first epoch finished: "
                                                "no checkpoint was written")
@@ -433,7 +436,7 @@ def test_ctrl_c_before_the_first_epoch_leaves_no_runs_folder(tmp_path, monkeypat
         raise KeyboardInterrupt
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli.models, "build", interrupt)
+    monkeypatch.setattr(train_cli.models, "build", interrupt)
     assert cli.train_main(["--dataset", "mnist-sample", "--quiet", "--no-plots"]) == 130
     assert list(tmp_path.iterdir()) == []
 
@@ -449,6 +452,6 @@ def test_the_last_checkpoint_write_names_the_checkpoint(tmp_path, one_epoch, cap
 
 
 def test_the_resume_hint_carries_the_flags_a_checkpoint_does_not_hold(tmp_path):
-    args = cli.train_parser().parse_args(["--data-dir", "/data/my mnist"])
-    hint = cli._resume_hint(args, cli.get_device("cpu"), tmp_path / "checkpoint.npz")
+    args = train_cli.train_parser().parse_args(["--data-dir", "/data/my mnist"])
+    hint = runs.resume_hint(args, get_device("cpu"), tmp_path / "checkpoint.npz")
     assert hint == f"python scripts/train.py --resume {tmp_path / 'checkpoint.npz'} --data-dir '/data/my mnist'"

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from reference import directional_check, tie_free
 
-from cnnxp import layers, losses
+from cnnxp import layers, losses, ops
+from cnnxp.layers import conv as conv_layer
+from cnnxp.layers import pool as pool_layer
 
 TOL = 1e-6
 
@@ -44,9 +46,12 @@ CONV = [  # (C, O, H, W, kernel, stride, padding)
 
 @pytest.mark.parametrize("c,o,h,w,k,s,p", CONV)
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("algorithm", ["im2col", "toeplitz"])
-def test_conv2d(c, o, h, w, k, s, p, bias, algorithm):
+@pytest.mark.parametrize("algorithm", ["im2col", "toeplitz", "plain"])
+def test_conv2d(c, o, h, w, k, s, p, bias, algorithm, monkeypatch):
     rng = np.random.default_rng(0)
+    if algorithm == "plain":  # the plain kernels (cnnxp.ops.conv), the fast ones' oracle
+        monkeypatch.setattr(conv_layer, "kernels", ops.conv)
+        algorithm = "auto"
     check_layer(layers.Conv2D(c, o, k, s, p, bias=bias, seed=1, algorithm=algorithm),
                 rng.standard_normal((2, c, h, w)), rng)
 
@@ -62,14 +67,21 @@ POOL = [  # (H, W, kernel, stride, padding)
 ]
 
 
+@pytest.fixture(params=["fast", "plain"])
+def pool_kernels(request, monkeypatch):
+    """The pooling layers' kernels: the fast ones they run, or the plain ones (cnnxp.ops.pool)."""
+    if request.param == "plain":
+        monkeypatch.setattr(pool_layer, "kernels", ops.pool)
+
+
 @pytest.mark.parametrize("h,w,k,s,p", POOL)
-def test_maxpool2d_tie_free(h, w, k, s, p):
+def test_maxpool2d_tie_free(h, w, k, s, p, pool_kernels):
     rng = np.random.default_rng(2)
     check_layer(layers.MaxPool2D(k, s, p), tie_free(rng, (2, 3, h, w)), rng)
 
 
 @pytest.mark.parametrize("h,w,k,s,p", POOL)
-def test_avgpool2d(h, w, k, s, p):
+def test_avgpool2d(h, w, k, s, p, pool_kernels):
     rng = np.random.default_rng(3)
     check_layer(layers.AvgPool2D(k, s, p), rng.standard_normal((2, 3, h, w)), rng)
 

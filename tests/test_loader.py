@@ -148,24 +148,25 @@ def test_iter_draws_the_order_immediately():
     assert sorted(rest) == list(range(9))
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"images": np.zeros((5, 28, 28), np.uint8), "labels": np.zeros(4, np.int64)},
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    ({"images": np.zeros((5, 28, 28), np.uint8), "labels": np.zeros(4, np.int64)}, ValueError,
      "5 images but 4 labels"),
-    ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
-    ({"batch_size": 2.5}, "batch_size must be an integer"),
-    ({"batch_size": True}, "batch_size must be an integer"),
-    ({"seed": -1}, "seed must be >= 0"),
-    ({"images": np.zeros((5, 28 * 28), np.uint8)}, r"shape \(N, H, W\) or \(N, 1, H, W\), got \(5, 784\)"),
-    ({"images": np.zeros((5, 3, 28, 28), np.uint8)}, r"got \(5, 3, 28, 28\)"),
-    ({"images": np.zeros((5, 28, 28), np.float32)}, "uint8 images"),
-    ({"labels": np.zeros((5, 1), np.int64)}, r"labels of shape \(N,\), got \(5, 1\)"),
-    ({"labels": np.zeros(5, np.float32)}, "integer class labels"),
-    ({"device": "tpu"}, "unknown device 'tpu'"),
+    ({"batch_size": 0}, ValueError, r"^DataLoader batch_size must be a positive int, got 0$"),
+    ({"batch_size": 2.5}, TypeError, r"^DataLoader batch_size must be an int, got 2\.5 \(float\)$"),
+    ({"batch_size": True}, TypeError, r"^DataLoader batch_size must be an int, got True \(bool\)$"),
+    ({"seed": -1}, ValueError, r"^DataLoader seed must be an int >= 0, got -1$"),
+    ({"images": np.zeros((5, 28 * 28), np.uint8)}, ValueError, r"shape \(N, H, W\) or \(N, 1, H, W\), got \(5, 784\)"),
+    ({"images": np.zeros((5, 3, 28, 28), np.uint8)}, ValueError, r"got \(5, 3, 28, 28\)"),
+    ({"images": np.zeros((5, 28, 28), np.float32)}, TypeError, "uint8 images"),
+    ({"labels": np.zeros((5, 1), np.int64)}, ValueError, r"labels of shape \(N,\), got \(5, 1\)"),
+    ({"labels": np.zeros(5, np.float32)}, TypeError, "integer class labels"),
+    ({"device": "tpu"}, ValueError, "unknown device 'tpu'"),
 ])  # fmt: skip
-def test_bad_arguments(kwargs, message):
+def test_bad_arguments(kwargs, error, message):
+    """One policy (cnnxp._checks): TypeError for a wrong type (dtype included), ValueError for a wrong value."""
     args = {"images": np.zeros((5, 28, 28), np.uint8), "labels": np.zeros(5, np.int64), "batch_size": 2}
     args.update(kwargs)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=message):
         DataLoader(**args)
 
 
@@ -241,5 +242,5 @@ def test_random_shift_translates_each_image(backend):
 
 
 def test_random_shift_rejects_negative():
-    with pytest.raises(ValueError, match="random_shift must be >= 0"):
+    with pytest.raises(ValueError, match=r"^DataLoader random_shift must be an int >= 0, got -1$"):
         DataLoader(*toy(4), batch_size=2, random_shift=-1)

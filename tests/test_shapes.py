@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -75,3 +77,25 @@ def test_negative_padding(p):
         layers.Conv2D(1, 1, 3, padding=p)
     with pytest.raises(ValueError, match="padding must be non-negative"):
         layers.AvgPool2D(2, padding=p)
+
+
+@SETTINGS
+@given(st.integers(1, 5), st.integers(0, 4))
+def test_pool_padding_at_most_half_the_kernel(k, p):
+    # One rule (PyTorch's), checked alike by the layers and by every pooling op, plain or fast.
+    x = np.zeros((1, 1, 12, 12), np.float32)
+    calls = [
+        lambda: layers.MaxPool2D(k, padding=p),
+        lambda: layers.AvgPool2D(k, padding=p),
+        lambda: ops.pool.maxpool2d_forward(x, k, padding=p),
+        lambda: ops.pool.avgpool2d_forward(x, k, padding=p),
+        lambda: ops.pool_fast.maxpool2d_forward(x, k, padding=p),
+        lambda: ops.pool_fast.maxpool2d_separable_forward(x, k, padding=p),
+    ]
+    for call in calls:
+        if 2 * p <= k:
+            call()
+        else:
+            message = f"padding must be at most half the kernel size, got padding={(p, p)}"
+            with pytest.raises(ValueError, match=re.escape(message)):
+                call()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnnxp import layers, losses
+from cnnxp import layers, losses, ops
+from cnnxp.layers import conv as conv_layer
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -50,12 +51,14 @@ def conv_configs(count, seed):
                    h=h, w=w, k=k, s=s, p=p, bias=bool(rng.integers(0, 2)))
 
 
-@pytest.mark.parametrize("algorithm", ["im2col", "toeplitz"])
+@pytest.mark.parametrize("algorithm", ["im2col", "toeplitz", "plain"])
 @pytest.mark.parametrize("cfg", list(conv_configs(15, seed=1)), ids=str)
-def test_conv2d_matches_torch(cfg, algorithm):
+def test_conv2d_matches_torch(cfg, algorithm, monkeypatch):
     rng = np.random.default_rng(2)
+    if algorithm == "plain":
+        monkeypatch.setattr(conv_layer, "kernels", ops.conv)
     layer = f64(layers.Conv2D(cfg["c"], cfg["o"], cfg["k"], cfg["s"], cfg["p"], bias=cfg["bias"], seed=3,
-                              algorithm=algorithm))
+                              algorithm="auto" if algorithm == "plain" else algorithm))
     layer.params["weight"] = rng.standard_normal(layer.params["weight"].shape)
     if cfg["bias"]:
         layer.params["bias"] = rng.standard_normal(cfg["o"])
@@ -75,14 +78,14 @@ def pool_configs(count, seed):
 
 
 @pytest.mark.parametrize("cfg", list(pool_configs(15, seed=4)), ids=str)
-def test_maxpool2d_matches_torch(cfg):
+def test_maxpool2d_matches_torch(cfg, kernels):
     rng = np.random.default_rng(5)
     layer = layers.MaxPool2D(cfg["k"], cfg["s"], cfg["p"])
     x = rng.standard_normal((cfg["n"], cfg["c"], cfg["h"], cfg["w"]))
     run_both(layer, x, lambda t, _: F.max_pool2d(t, cfg["k"], cfg["s"], cfg["p"]), {}, rng)
 
 
-def test_maxpool2d_ties_follow_torch():
+def test_maxpool2d_ties_follow_torch(kernels):
     """Windows full of equal values: the gradient goes to the first maximum, as in PyTorch."""
     rng = np.random.default_rng(6)
     x = np.round(rng.standard_normal((2, 3, 8, 8)))  # many ties
@@ -99,12 +102,12 @@ def test_maxpool2d_padding_never_takes_the_gradient(k, s, p):
     x = rng.standard_normal((2, 2, 5, 6))
     x[0] = -np.inf
     x[1, :, ::2, 1::2] = -np.inf
-    for fast in (None, False):
+    for forward in (None, ops.pool.maxpool2d_forward, ops.pool_fast.maxpool2d_separable_forward):
         layer = layers.MaxPool2D(k, s, p)
-        out = layer(x) if fast is None else None
-        if fast is False:  # the general (stacked windows) path for disjoint windows too
-            from cnnxp import ops
-            out, layer.cache = ops.maxpool2d_forward(x, k, s, p, fast=False)
+        if forward is None:  # the layer's own choice
+            out = layer(x)
+        else:  # the plain (stacked windows) path, and the separable one, for every geometry
+            out, layer.cache = forward(x, k, s, p)
         g = rng.random(out.shape)
         t = torch.tensor(x, requires_grad=True)
         tout = F.max_pool2d(t, k, s, p)
@@ -113,17 +116,16 @@ def test_maxpool2d_padding_never_takes_the_gradient(k, s, p):
         np.testing.assert_allclose(layer.backward(g), t.grad.numpy(), rtol=1e-14, atol=0)  # sums may differ in order
 
 
-@pytest.mark.parametrize("fast", [None, False])
-def test_maxpool2d_nan_window_keeps_its_gradient(fast):
+@pytest.mark.parametrize("forward", [ops.pool.maxpool2d_forward, ops.pool_fast.maxpool2d_separable_forward],
+                         ids=["plain", "separable"])
+def test_maxpool2d_nan_window_keeps_its_gradient(forward):
     """A window holding NaN outputs NaN; its gradient still reaches an input (never the padding), so
     the gradient's total is conserved, as in PyTorch (which picks the last NaN; cnnxp the first, or
-    the window's last element on the fast path)."""
-    from cnnxp import ops
-
+    the window's last element on the separable path)."""
     x = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)
     x[0, 0, 0, 0] = np.nan
-    out, cache = ops.maxpool2d_forward(x, 3, 2, 1, fast=fast)
-    dx = ops.maxpool2d_backward(np.ones_like(out), cache)
+    out, cache = forward(x, 3, 2, 1)
+    dx = ops.maxpool2d_backward(np.ones_like(out), cache)  # either cache: the backward follows its type
     t = torch.tensor(x, requires_grad=True)
     F.max_pool2d(t, 3, 2, 1).sum().backward()
     assert float(dx.sum()) == float(t.grad.sum()) == out.size
@@ -131,7 +133,7 @@ def test_maxpool2d_nan_window_keeps_its_gradient(fast):
 
 
 @pytest.mark.parametrize("cfg", list(pool_configs(12, seed=7)), ids=str)
-def test_avgpool2d_matches_torch(cfg):
+def test_avgpool2d_matches_torch(cfg, kernels):
     rng = np.random.default_rng(8)
     x = rng.standard_normal((cfg["n"], cfg["c"], cfg["h"], cfg["w"]))
     run_both(layers.AvgPool2D(cfg["k"], cfg["s"], cfg["p"]), x,

@@ -1,4 +1,5 @@
-"""cnnxp.train: fit / evaluate / predict, the history, checkpoints (atomic, pickle-free, portable) and exact resume."""
+"""cnnxp.train: fit / evaluate / predict and the history; cnnxp.checkpoint: checkpoints (atomic, pickle-free,
+portable) and exact resume."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 import cnnxp
+from cnnxp import checkpoint as C
 from cnnxp import losses, models
 from cnnxp import train as T
 from cnnxp.data import DataLoader, load_dataset
@@ -64,6 +66,9 @@ def test_fit_rejects_bad_epochs(small):
     model = models.seed_cnn()
     with pytest.raises(ValueError, match="epochs"):
         T.fit(model, SGD(model, 0.1), DataLoader(x, y, 32), 0, progress=False, log=None)
+    for bad in (2.5, True, "3"):  # one policy (cnnxp._checks): a wrong type is a TypeError
+        with pytest.raises(TypeError, match="epochs"):
+            T.fit(model, SGD(model, 0.1), DataLoader(x, y, 32), bad, progress=False, log=None)
 
 
 def test_fit_on_array_api_strict(small):
@@ -87,16 +92,16 @@ def _run(small, epochs, schedule, ckpt=None, stop_after=None, seed=3):
     loader = DataLoader(x[:128], y[:128], 32, seed=seed)
     history = None
     if ckpt is not None and ckpt.exists():
-        c = T.load_checkpoint(ckpt)
+        c = C.load_checkpoint(ckpt)
         # a fresh model with other initial weights: everything must come from the checkpoint
         model = models.fashion_cnn(seed=seed + 1)
         opt = Adam(model, lr=1e-3)
-        T.restore(c, model, opt, loader)
+        C.restore(c, model, opt, loader)
         history = c.history
 
     def save(hist):
         if ckpt is not None:
-            T.save_checkpoint(ckpt, model, opt, epoch=len(hist), history=hist, config={"seed": seed}, loader=loader)
+            C.save_checkpoint(ckpt, model, opt, epoch=len(hist), history=hist, config={"seed": seed}, loader=loader)
 
     T.fit(model, opt, loader, stop_after or epochs, history=history, lr_schedule=schedule,
           progress=False, log=None, on_epoch_end=save)
@@ -108,13 +113,13 @@ def test_resume_equals_straight_run(small, tmp_path, schedule):
     straight = _run(small, 2, schedule)
     ckpt = tmp_path / "checkpoint.npz"
     _run(small, 2, schedule, ckpt=ckpt, stop_after=1)
-    assert T.load_checkpoint(ckpt).epoch == 1
+    assert C.load_checkpoint(ckpt).epoch == 1
     resumed = _run(small, 2, schedule, ckpt=ckpt)
     a, b = _state(straight), _state(resumed)
     assert a.keys() == b.keys()
     for key in a:
         np.testing.assert_allclose(b[key], a[key], rtol=1e-6, atol=1e-7, err_msg=key)
-    assert T.load_checkpoint(ckpt).epoch == 2
+    assert C.load_checkpoint(ckpt).epoch == 2
 
 
 def test_checkpoint_layout_has_no_pickles(small, tmp_path):
@@ -123,7 +128,7 @@ def test_checkpoint_layout_has_no_pickles(small, tmp_path):
     opt = Adam(model)
     loader = DataLoader(x, y, 64, seed=5)
     hist = T.History([{"epoch": 1, "train_loss": 1.0}])
-    path = T.save_checkpoint(tmp_path / "c.npz", model, opt, epoch=1, history=hist, config={"model": "fashion"},
+    path = C.save_checkpoint(tmp_path / "c.npz", model, opt, epoch=1, history=hist, config={"model": "fashion"},
                              loader=loader)
     with np.load(path, allow_pickle=False) as npz:
         files = set(npz.files)
@@ -133,7 +138,7 @@ def test_checkpoint_layout_has_no_pickles(small, tmp_path):
     assert meta["epoch"] == 1 and meta["config"] == {"model": "fashion"} and meta["history"] == hist.rows
     dropouts = {str(i) for i, layer in enumerate(model) if layer.name == "Dropout"}
     assert len(dropouts) == 2 and set(meta["model_rng"]) == dropouts
-    c = T.load_checkpoint(path)
+    c = C.load_checkpoint(path)
     assert c.optimizer_state["step"] == 0 and c.loader_state is not None
 
 
@@ -144,16 +149,16 @@ def test_checkpoint_moves_between_devices(small, tmp_path):
     src = models.lenet5(seed=0)
     opt = Adam(src)
     T.fit(src, opt, DataLoader(x[:64], y[:64], 32), 1, progress=False, log=None)
-    path = T.save_checkpoint(tmp_path / "c.npz", src, opt, epoch=1)
+    path = C.save_checkpoint(tmp_path / "c.npz", src, opt, epoch=1)
     dst = models.lenet5(seed=1, device=dev)
     dst_opt = Adam(dst)
-    T.restore(T.load_checkpoint(path), dst, dst_opt)
+    C.restore(C.load_checkpoint(path), dst, dst_opt)
     for key, value in dst.state_dict().items():
         np.testing.assert_array_equal(cnnxp.to_numpy(value), cnnxp.to_numpy(src.state_dict()[key]))
     # and back: saved from the strict device, loaded on the CPU
-    back = T.save_checkpoint(tmp_path / "d.npz", dst, dst_opt, epoch=1)
+    back = C.save_checkpoint(tmp_path / "d.npz", dst, dst_opt, epoch=1)
     cpu = models.lenet5(seed=2)
-    T.restore(T.load_checkpoint(back), cpu, Adam(cpu))
+    C.restore(C.load_checkpoint(back), cpu, Adam(cpu))
     np.testing.assert_array_equal(cnnxp.to_numpy(cpu[0].params["weight"]), cnnxp.to_numpy(src[0].params["weight"]))
 
 
@@ -161,47 +166,47 @@ def test_atomic_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
     model = models.seed_cnn(seed=0)
     opt = SGD(model, 0.1)
     path = tmp_path / "checkpoint.npz"
-    T.save_checkpoint(path, model, opt, epoch=1)
+    C.save_checkpoint(path, model, opt, epoch=1)
     before = path.read_bytes()
 
     def crash(file, arrays):
         file.write(b"PK\x03\x04 half a zip file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(T, "_write_npz", crash)
+    monkeypatch.setattr(C, "_write_npz", crash)
     model[0].params["weight"] = model[0].params["weight"] + 1.0
     with pytest.raises(OSError, match="disk full"):
-        T.save_checkpoint(path, model, opt, epoch=2)
+        C.save_checkpoint(path, model, opt, epoch=2)
     assert path.read_bytes() == before
-    assert T.load_checkpoint(path).epoch == 1
+    assert C.load_checkpoint(path).epoch == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.npz"]  # no temporary files left
 
     def interrupted(file, arrays):
         file.write(b"PK")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(T, "_write_npz", interrupted)
+    monkeypatch.setattr(C, "_write_npz", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        T.save_checkpoint(path, model, opt, epoch=2)
-    assert T.load_checkpoint(path).epoch == 1
+        C.save_checkpoint(path, model, opt, epoch=2)
+    assert C.load_checkpoint(path).epoch == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.npz"]
 
 
 def test_load_checkpoint_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
-        T.load_checkpoint(tmp_path / "missing.npz")
+        C.load_checkpoint(tmp_path / "missing.npz")
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a zip")
-    with pytest.raises(T.CheckpointError, match="cannot be read"):
-        T.load_checkpoint(bad)
+    with pytest.raises(C.CheckpointError, match="cannot be read"):
+        C.load_checkpoint(bad)
     other = tmp_path / "other.npz"
     np.savez(other, a=np.zeros(3))
-    with pytest.raises(T.CheckpointError, match="not a cnnxp checkpoint"):
-        T.load_checkpoint(other)
+    with pytest.raises(C.CheckpointError, match="not a cnnxp checkpoint"):
+        C.load_checkpoint(other)
     model = models.seed_cnn()
-    path = T.save_checkpoint(tmp_path / "seed.npz", model, None, epoch=1)
-    with pytest.raises(T.CheckpointError, match="does not fit"):
-        T.restore(T.load_checkpoint(path), models.lenet5())
+    path = C.save_checkpoint(tmp_path / "seed.npz", model, None, epoch=1)
+    with pytest.raises(C.CheckpointError, match="does not fit"):
+        C.restore(C.load_checkpoint(path), models.lenet5())
 
 
 def test_schedules():
@@ -279,10 +284,15 @@ def test_label_smoothing_on_every_backend(backend):
 
 @pytest.mark.parametrize("value", [1.0, 1, 1.5, -0.1, float("nan"), float("inf"), True, False, "x", "0.1", None])
 def test_label_smoothing_rejects_bad_values(value):
-    message = f"^{re.escape(f'label_smoothing must be a number in [0, 1), got {value!r}')}$"
-    with pytest.raises(ValueError, match=message):
+    """One policy (cnnxp._checks): a number out of range is a ValueError, anything else a TypeError."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        error, text = ValueError, f"label_smoothing must be a finite number in [0, 1), got {float(value)!r}"
+    else:
+        error, text = TypeError, f"label_smoothing must be a number, got {value!r} ({type(value).__name__})"
+    message = f"^{re.escape(text)}$"
+    with pytest.raises(error, match=message):
         losses.check_label_smoothing(value)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=message):
         losses.softmax_cross_entropy(np.zeros((2, 3)), np.array([0, 1]), label_smoothing=value)
 
 
@@ -334,7 +344,7 @@ def test_fit_label_smoothing_errors(tiny):
                                          r"targets inside your loss_fn$"):
         T.fit(model, SGD(model, 0.1), DataLoader(x, y, 16), 1, loss_fn=custom, label_smoothing=0.1,
               progress=False, log=None)
-    with pytest.raises(ValueError, match=r"^label_smoothing must be a number in \[0, 1\), got 1\.0$"):
+    with pytest.raises(ValueError, match=r"^label_smoothing must be a finite number in \[0, 1\), got 1\.0$"):
         T.fit(model, SGD(model, 0.1), DataLoader(x, y, 16), 1, label_smoothing=1.0, progress=False, log=None)
     for key, value in _state(model).items():  # refused before any step
         np.testing.assert_array_equal(value, before[key], err_msg=key)
@@ -353,8 +363,12 @@ def test_predict_and_the_model_on_odd_inputs():
         model(np.zeros((3, 1, 28, 28), np.int64))
     classes, probs = T.predict(model, np.zeros((0, 1, 28, 28), np.float32))
     assert classes.shape == (0,) and probs.shape == (0, 10)
-    for bad in (0, -2, 2.5, True):
-        with pytest.raises(ValueError, match=rf"^predict: batch_size must be a positive integer or None, got {bad!r}$"):
+    for bad in (0, -2):
+        with pytest.raises(ValueError, match=rf"^predict batch_size must be a positive int, got {bad!r}$"):
+            T.predict(model, np.zeros((3, 1, 28, 28), np.float32), batch_size=bad)
+    for bad in (2.5, True):
+        message = rf"^predict batch_size must be an int, got {bad!r} \({type(bad).__name__}\)$"
+        with pytest.raises(TypeError, match=message):
             T.predict(model, np.zeros((3, 1, 28, 28), np.float32), batch_size=bad)
     x = np.random.default_rng(0).standard_normal((5, 1, 28, 28)).astype(np.float32)
     whole, sliced = T.predict(model, x)[1], T.predict(model, x, batch_size=np.int64(2))[1]
@@ -379,7 +393,7 @@ def test_fit_takes_numpy_integers_for_epochs(tiny):
 
 def test_loader_seed_must_fit_int64():
     x, y = np.zeros((4, 28, 28), np.uint8), np.zeros(4, np.int64)
-    with pytest.raises(ValueError, match=r"^DataLoader: seed must be below 2\*\*63, got 9223372036854775808$"):
+    with pytest.raises(ValueError, match=r"^DataLoader seed must be below 2\*\*63, got 9223372036854775808$"):
         DataLoader(x, y, 2, seed=2**63)
     assert DataLoader(x, y, 2, seed=2**63 - 1).state_dict()["seed"] == 2**63 - 1
 

@@ -11,26 +11,14 @@ in one ``take_along_axis``, on the device.
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
 import numpy as np
 from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
-from ..backend import get_device, to_device
+from .._checks import check_int, check_real
+from ..backend import array_device, to_device
 
 __all__ = ["RandomShift", "RandomAffine", "parse_augment"]
-
-
-def _check_number(value: Any, name: str, owner: str, upper: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{owner}: {name} must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (upper is not None and value >= upper):
-        bound = f" and below {upper:g}" if upper is not None else ""
-        raise ValueError(f"{owner}: {name} must be >= 0{bound}, got {value:g}")
-    return value
 
 
 def _exact(value: float) -> str:
@@ -48,8 +36,7 @@ def _pad(images, p: int):
 
 
 def _on_device(host_array: np.ndarray, images):
-    xp = array_namespace(images)
-    return to_device(host_array, get_device(device_of(images), xp))
+    return to_device(host_array, array_device(images))
 
 
 class RandomShift:
@@ -60,9 +47,7 @@ class RandomShift:
     """
 
     def __init__(self, pixels: int):
-        if isinstance(pixels, bool) or not isinstance(pixels, (int, np.integer)) or pixels < 0:
-            raise ValueError(f"RandomShift: pixels must be an integer >= 0, got {pixels!r}")
-        self.pixels = int(pixels)
+        self.pixels = check_int(pixels, "RandomShift", "pixels", least=0)
 
     def __call__(self, images, rng: np.random.Generator):
         s = self.pixels
@@ -113,9 +98,9 @@ class RandomAffine:
     """
 
     def __init__(self, degrees: float = 0.0, translate: float = 0.0, scale: float = 0.0):
-        self.degrees = _check_number(degrees, "degrees", "RandomAffine", 180.0)
-        self.translate = _check_number(translate, "translate", "RandomAffine")
-        self.scale = _check_number(scale, "scale", "RandomAffine", 1.0)
+        self.degrees = check_real(degrees, "RandomAffine", "degrees", 0.0, 180.0, high_open=True)
+        self.translate = check_real(translate, "RandomAffine", "translate", 0.0)
+        self.scale = check_real(scale, "RandomAffine", "scale", 0.0, 1.0, high_open=True)
 
     def __call__(self, images, rng: np.random.Generator):
         xp = array_namespace(images)

@@ -25,7 +25,6 @@ import hashlib
 import http.client
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from importlib import resources
@@ -33,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .idx import read_idx, usual_file_mode
+from .._files import atomic_write
+from .idx import read_idx
 
 __all__ = ["DATASETS", "DatasetNotFoundError", "load_dataset", "cache_dir", "search_dirs"]
 
@@ -123,30 +123,22 @@ def _find(stem: str, dirs: list[Path]) -> Path | None:
 def _fetch(url: str, target: Path, sha256: str, timeout: float) -> None:
     """Download ``url`` to ``target`` through a temporary file; raise OSError/ValueError on any failure.
 
-    Nothing is left behind unless the whole file arrived and its SHA-256 matches.
+    Nothing is left behind unless the whole file arrived and its SHA-256 matches: the file is
+    written through `cnnxp._files.atomic_write`, and a failed check inside it discards the file.
     """
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        digest = hashlib.sha256()
-        size = 0
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            declared = response.headers.get("Content-Length")
-            while chunk := response.read(_CHUNK):
-                out.write(chunk)
-                digest.update(chunk)
-                size += len(chunk)
+    digest = hashlib.sha256()
+    size = 0
+    with atomic_write(target) as out, urllib.request.urlopen(url, timeout=timeout) as response:
+        declared = response.headers.get("Content-Length")
+        while chunk := response.read(_CHUNK):
+            out.write(chunk)
+            digest.update(chunk)
+            size += len(chunk)
         # read(n) returns b"" when the server closes early instead of raising; compare with the header.
         if declared is not None and declared.isdigit() and size != int(declared):
-            raise OSError(f"connection closed after {size} of {declared} bytes")
+            raise ConnectionError(f"connection closed after {size} of {declared} bytes")
         if digest.hexdigest() != sha256:
-            raise ValueError(
-                f"checksum mismatch ({size} bytes, sha256 {digest.hexdigest()}, expected {sha256})"
-            )
-        os.chmod(tmp, usual_file_mode())  # readable as the user's other files are, not 0600
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+            raise ValueError(f"checksum mismatch ({size} bytes, sha256 {digest.hexdigest()}, expected {sha256})")
 
 
 def _download(name: str, filename: str, target_dir: Path, mirrors: list[str], timeout: float) -> Path:

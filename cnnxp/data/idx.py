@@ -14,11 +14,12 @@ import gzip
 import math
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+from .._files import atomic_write
 
 __all__ = ["read_idx", "write_idx", "IDX_DTYPES"]
 
@@ -111,17 +112,10 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     return array.astype(dtype.newbyteorder("="), copy=True).reshape(shape)
 
 
-def usual_file_mode() -> int:
-    """``0o666`` less the process's umask: the mode ``open()`` gives a new file (``mkstemp`` gives ``0o600``)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def write_idx(path: str | os.PathLike, array) -> Path:
     """Write ``array`` as an IDX file, gzip-compressed when ``path`` ends in ``.gz``.
 
-    The file is written to a temporary name in the same directory and renamed into place.
+    The file is written whole or not at all (`cnnxp._files.atomic_write`).
 
     Raises
     ------
@@ -141,13 +135,6 @@ def write_idx(path: str | os.PathLike, array) -> Path:
     data = header + np.ascontiguousarray(array, dtype=IDX_DTYPES[code]).tobytes()
     if path.name.endswith(".gz"):
         data = gzip.compress(data, mtime=0)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, usual_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        f.write(data)
     return path

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .._checks import check_int
 from ..backend import get_device, to_device, to_numpy
 from .augment import RandomShift
 
@@ -26,14 +27,6 @@ __all__ = ["DataLoader", "NORMALIZE_MEAN", "NORMALIZE_STD"]
 #: Fashion-MNIST uses the same constants: the network only needs inputs of order one.
 NORMALIZE_MEAN = 0.1307
 NORMALIZE_STD = 0.3081
-
-
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"DataLoader: {name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"DataLoader: {name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 class DataLoader:
@@ -104,27 +97,27 @@ class DataLoader:
                 f"DataLoader expected images of shape (N, H, W) or (N, 1, H, W), got {images.shape}"
             )
         if images.dtype != np.uint8:
-            raise ValueError(
+            raise TypeError(
                 f"DataLoader expected uint8 images with pixel values 0..255, got {images.dtype}: "
                 "pass the arrays load_dataset returns"
             )
         if labels.ndim != 1:
             raise ValueError(f"DataLoader expected labels of shape (N,), got {labels.shape}")
         if labels.dtype.kind not in "iu":
-            raise ValueError(f"DataLoader expected integer class labels, got {labels.dtype}")
+            raise TypeError(f"DataLoader expected integer class labels, got {labels.dtype}")
         if labels.shape[0] != images.shape[0]:
             raise ValueError(
                 f"DataLoader got {images.shape[0]} images but {labels.shape[0]} labels: they must match"
             )
-        self.batch_size = _check_int(batch_size, "batch_size", 1)
-        self.seed = _check_int(seed, "seed", 0)
+        self.batch_size = check_int(batch_size, "DataLoader", "batch_size")
+        self.seed = check_int(seed, "DataLoader", "seed", least=0)
         if self.seed >= 2**63:  # stored as int64 in the loader's state and in checkpoints
-            raise ValueError(f"DataLoader: seed must be below 2**63, got {self.seed}")
+            raise ValueError(f"DataLoader seed must be below 2**63, got {self.seed}")
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
-        self.random_shift = _check_int(random_shift, "random_shift", 0)
+        self.random_shift = check_int(random_shift, "DataLoader", "random_shift", least=0)
         if augment is not None and not callable(augment):
-            raise ValueError(f"DataLoader: augment must be a callable transform(pixels, rng), got {augment!r}")
+            raise TypeError(f"DataLoader augment must be a callable transform(pixels, rng), got {augment!r}")
         if augment is not None and self.random_shift:
             raise ValueError("DataLoader: give random_shift or augment, not both (random_shift=N is "
                              "augment=RandomShift(N))")

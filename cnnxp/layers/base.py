@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import functools
-import math
-import numbers
 from typing import Any
 
 import numpy as np  # host-side RNG only: weights are drawn here, then moved to the device
 from array_api_compat import array_namespace
 
 from .. import backend
-from ..backend import DeviceError, describe, device_of, get_device, move_hint, to_device
+from ..backend import DeviceError, array_device, describe, float_dtype, get_device, move_hint, to_device
 
 _global_rng = np.random.default_rng()
 
@@ -112,7 +110,7 @@ class Layer:
             for key, value in store.items():
                 value = to_device(value, dev)
                 if dtype is not None:
-                    value = dev.xp.astype(value, _resolve_dtype(dev.xp, dtype))
+                    value = dev.xp.astype(value, float_dtype(dev.xp, dtype))
                 store[key] = value
         self.grads = {}
         self.cache = None
@@ -138,15 +136,24 @@ class Layer:
             extra = f": {hint}" if hint else ""
             raise ValueError(f"{self.name} expected input of shape {layout}, got {tuple(shape)}{extra}")
 
+    def _check_input(self, x, layout: str, size: int, label: str, hint: str = "") -> None:
+        """Raise unless ``x`` is an array of ``layout``'s rank whose axis 1 is ``size`` (the layer's
+        ``label``, e.g. ``in_channels``), on the device of the layer's weights."""
+        self._check_rank(x, layout.count(",") + 1, layout, hint)
+        if x.shape[1] != size:
+            raise ValueError(f"{self.name} expected input of shape {layout}, got {tuple(x.shape)}: "
+                             f"the layer has {label}={size}")
+        self._check_place(x)
+
     def _check_place(self, x) -> None:
         """Raise `DeviceError` when ``x`` and this layer's weights live in different libraries or devices."""
         weight = self.params["weight"]
         try:
-            same = array_namespace(x) is array_namespace(weight) and device_of(x) == device_of(weight)
+            same = array_namespace(x) is array_namespace(weight) and array_device(x) == array_device(weight)
         except TypeError:
             same = False
         if not same:
-            where = device_of(weight)
+            where = array_device(weight)
             raise DeviceError(
                 f"input is {describe(x)} but {self.name}'s weights are on {where.name}: "
                 f"move it with {move_hint(where, 'layer')} or the layer with .to(...)"
@@ -156,42 +163,3 @@ class Layer:
         if self.cache is None:
             raise RuntimeError(f"{self.name}.backward called before forward: run forward first")
 
-
-def _resolve_dtype(xp, dtype):
-    if isinstance(dtype, str):
-        if dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-        return getattr(xp, dtype)
-    if dtype not in (xp.float32, xp.float64):
-        raise ValueError(f"dtype must be 'float32' or 'float64' (or the library's float32 / float64), got {dtype!r}")
-    return dtype
-
-
-def check_int(value, owner: str, label: str, least: int = 1) -> int:
-    """``value`` as an int (NumPy integers too, as PyTorch takes them).
-
-    TypeError for anything else (bool included), ValueError below ``least``.
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{owner} {label} must be an int, got {value!r} ({type(value).__name__})")
-    if value < least:
-        rule = "a positive int" if least == 1 else f"an int >= {least}"
-        raise ValueError(f"{owner} {label} must be {rule}, got {value!r}")
-    return int(value)
-
-
-def check_real(value, owner: str, label: str, low: float, high: float = math.inf, *,
-               low_open: bool = False) -> float:
-    """``value`` as a finite float in ``[low, high]`` (``(low, high]`` with ``low_open``).
-
-    TypeError for a non-number (bool included), ValueError outside the range or not finite.
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{owner} {label} must be a number, got {value!r} ({type(value).__name__})")
-    value = float(value)
-    inside = (value > low if low_open else value >= low) and value <= high and math.isfinite(value)
-    if not inside:
-        bracket = "(" if low_open else "["
-        upper = f"{high:g}]" if math.isfinite(high) else "inf)"
-        raise ValueError(f"{owner} {label} must be a finite number in {bracket}{low:g}, {upper}, got {value!r}")
-    return value

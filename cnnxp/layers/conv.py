@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np  # host-side initialisation only
 
 from .. import ops
-from .base import Layer, check_int, init_weight, make_rng
+from .._checks import check_choice, check_int, check_pair
+
+# The fast twin of ops/conv.py; swap in `from ..ops import conv as kernels` to run the plain kernels.
+from ..ops import conv_fast as kernels
+from .base import Layer, init_weight, make_rng
 
 
 class Conv2D(Layer):
@@ -21,8 +25,8 @@ class Conv2D(Layer):
     seed : int, numpy Generator or None
         Where the initial weights come from; the same seed gives the same weights on every device.
     algorithm : {"auto", "im2col", "toeplitz"}
-        How the convolution is computed (`cnnxp.ops.conv2d_forward`); every choice gives the
-        same result to rounding. ``auto`` picks the faster one for the layer's shape.
+        How the convolution is computed (`cnnxp.ops.conv_fast.conv2d_forward`); every choice gives
+        the same result to rounding. ``auto`` picks the faster one for the layer's shape.
 
     ``params["weight"]`` has shape (out_channels, in_channels, kh, kw), ``params["bias"]`` (out_channels,).
 
@@ -37,20 +41,13 @@ class Conv2D(Layer):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
                  init="he", seed=None, algorithm="auto"):
         super().__init__()
-        ops.check_conv_algorithm(algorithm, "Conv2D")
-        self.algorithm = algorithm
+        self.algorithm = check_choice(algorithm, "Conv2D", "algorithm", ops.CONV_ALGORITHMS)
         in_channels = check_int(in_channels, "Conv2D", "in_channels")
         out_channels = check_int(out_channels, "Conv2D", "out_channels")
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size = ops._pair(kernel_size, "kernel_size")
-        self.stride = ops._pair(stride, "stride")
-        self.padding = ops._pair(padding, "padding")
-        if min(self.kernel_size) < 1:
-            raise ValueError(f"Conv2D kernel_size must be at least 1, got {kernel_size!r}")
-        if min(self.stride) < 1:
-            raise ValueError(f"Conv2D stride must be at least 1, got {stride!r}")
-        if min(self.padding) < 0:
-            raise ValueError(f"Conv2D padding must be non-negative, got {padding!r}")
+        self.kernel_size = check_pair(kernel_size, "Conv2D", "kernel_size", least=1)
+        self.stride = check_pair(stride, "Conv2D", "stride", least=1)
+        self.padding = check_pair(padding, "Conv2D", "padding", least=0)
         kh, kw = self.kernel_size
         fan_in, fan_out = in_channels * kh * kw, out_channels * kh * kw
         rng = make_rng(seed)
@@ -70,24 +67,18 @@ class Conv2D(Layer):
 
     def forward(self, x):
         hint = "add batch and channel axes" if getattr(x, "ndim", 0) in (2, 3) else ""
-        self._check_rank(x, 4, f"(N, {self.in_channels}, H, W)", hint)
-        if x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"Conv2D expected input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}: "
-                f"the layer has in_channels={self.in_channels}"
-            )
-        self._check_place(x)
+        self._check_input(x, f"(N, {self.in_channels}, H, W)", self.in_channels, "in_channels", hint)
         # Training: the whole batch, its columns (or rows) kept for backward. Inference: cache-sized
         # slices of the batch, and im2col's flat layout (docs/performance.md).
-        out, self.cache = ops.conv2d_forward(
+        out, self.cache = kernels.conv2d_forward(
             x, self.params["weight"], self.params.get("bias"), self.stride, self.padding,
-            flat=False if self.training else None, algorithm=self.algorithm, inference=not self.training,
+            algorithm=self.algorithm, inference=not self.training,
         )
         return out
 
     def backward(self, grad_out, need_input_grad=True):
         self._need_cache()
-        grad_in, grad_w, grad_b = ops.conv2d_backward(grad_out, self.cache, need_input_grad)
+        grad_in, grad_w, grad_b = kernels.conv2d_backward(grad_out, self.cache, need_input_grad)
         self.grads["weight"] = grad_w
         if "bias" in self.params:
             self.grads["bias"] = grad_b

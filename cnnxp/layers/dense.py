@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np  # host-side initialisation only
 from array_api_compat import array_namespace
 
-from .base import Layer, check_int, init_weight, make_rng
+from .._checks import check_int
+from .base import Layer, init_weight, make_rng
 
 
 class Dense(Layer):
@@ -34,13 +35,7 @@ class Dense(Layer):
 
     def forward(self, x):
         hint = "add Flatten() before Dense" if getattr(x, "ndim", 0) > 2 else ""
-        self._check_rank(x, 2, f"(N, {self.in_features})", hint)
-        if x.shape[1] != self.in_features:
-            raise ValueError(
-                f"Dense expected input of shape (N, {self.in_features}), got {tuple(x.shape)}: "
-                f"the layer has in_features={self.in_features}"
-            )
-        self._check_place(x)
+        self._check_input(x, f"(N, {self.in_features})", self.in_features, "in_features", hint)
         xp = array_namespace(x)
         out = x @ xp.matrix_transpose(self.params["weight"])
         if "bias" in self.params:

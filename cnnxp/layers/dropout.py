@@ -7,8 +7,9 @@ import json
 import numpy as np  # host-side RNG only: masks are drawn here, then moved to the input's device
 from array_api_compat import array_namespace
 
-from ..backend import device_of, to_device
-from .base import Layer, check_real, make_rng
+from .._checks import check_real
+from ..backend import array_device, to_device
+from .base import Layer, make_rng
 
 
 class Dropout(Layer):
@@ -31,7 +32,7 @@ class Dropout(Layer):
         xp = array_namespace(x)
         scale = 0.0 if self.p == 1.0 else 1.0 / (1.0 - self.p)
         keep = self.rng.random(tuple(x.shape), dtype=np.float32) >= self.p  # bool: 1 byte to move
-        mask = xp.astype(to_device(keep, device_of(x)), x.dtype) * scale
+        mask = xp.astype(to_device(keep, array_device(x)), x.dtype) * scale
         self.cache = mask
         return x * mask
 

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import numpy as np  # host-side initialisation only
 from array_api_compat import array_namespace
 
-from .base import Layer, check_int, check_real
+from .._checks import check_int, check_real
+from .base import Layer
+
+
+class BatchNormCache(NamedTuple):
+    """What backward needs: the normalised input, ``1 / sqrt(var + eps)`` per channel, and whether
+    the statistics were the batch's own (training: their gradient flows back) or the running ones."""
+
+    x_hat: Any
+    inv_std: Any
+    batch_stats: bool
 
 
 class BatchNorm2D(Layer):
@@ -45,12 +57,7 @@ class BatchNorm2D(Layer):
         return tuple(input_shape)
 
     def forward(self, x):
-        self._check_rank(x, 4, f"(N, {self.num_features}, H, W)")
-        if x.shape[1] != self.num_features:
-            raise ValueError(
-                f"BatchNorm2D expected input of shape (N, {self.num_features}, H, W), got {tuple(x.shape)}"
-            )
-        self._check_place(x)
+        self._check_input(x, f"(N, {self.num_features}, H, W)", self.num_features, "num_features")
         xp = array_namespace(x)
         axes = (0, 2, 3)
         count = x.shape[0] * x.shape[2] * x.shape[3]
@@ -71,7 +78,7 @@ class BatchNorm2D(Layer):
             mean, var = self.buffers["running_mean"], self.buffers["running_var"]
         inv_std = 1.0 / xp.sqrt(var + self.eps)
         x_hat = (x - mean[:, None, None]) * inv_std[:, None, None]
-        self.cache = (x_hat, inv_std, self.training)
+        self.cache = BatchNormCache(x_hat, inv_std, self.training)
         return self.params["weight"][:, None, None] * x_hat + self.params["bias"][:, None, None]
 
     def backward(self, grad_out, need_input_grad=True):

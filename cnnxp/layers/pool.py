@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 from .. import ops
+from .._checks import check_pair
+
+# The fast twin of ops/pool.py; swap in `from ..ops import pool as kernels` to run the plain kernels.
+from ..ops import pool_fast as kernels
+from ..ops.pool import check_pool_padding
 from .base import Layer
 
 
 class _Pool2D(Layer):
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
-        self.kernel_size = ops._pair(kernel_size, "kernel_size")
-        self.stride = self.kernel_size if stride is None else ops._pair(stride, "stride")
-        self.padding = ops._pair(padding, "padding")
-        if min(self.kernel_size) < 1:
-            raise ValueError(f"{self.name} kernel_size must be at least 1, got {kernel_size!r}")
-        if min(self.stride) < 1:
-            raise ValueError(f"{self.name} stride must be at least 1, got {stride!r}")
-        if min(self.padding) < 0:
-            raise ValueError(f"{self.name} padding must be non-negative, got {padding!r}")
-        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size, strict=True)):
-            raise ValueError(
-                f"{self.name} padding must be at most half the kernel size, got padding={padding!r} "
-                f"for kernel_size={kernel_size!r}"
-            )
+        self.kernel_size = check_pair(kernel_size, self.name, "kernel_size", least=1)
+        self.stride = self.kernel_size if stride is None else check_pair(stride, self.name, "stride", least=1)
+        self.padding = check_pair(padding, self.name, "padding", least=0)
+        check_pool_padding(self.padding, self.kernel_size, self.name)
 
     def output_shape(self, input_shape):
         if len(input_shape) != 4:
@@ -51,12 +46,12 @@ class MaxPool2D(_Pool2D):
 
     def forward(self, x):
         self._check(x)
-        out, self.cache = ops.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding)
+        out, self.cache = kernels.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding)
         return out
 
     def backward(self, grad_out, need_input_grad=True):
         self._need_cache()
-        return ops.maxpool2d_backward(grad_out, self.cache)
+        return kernels.maxpool2d_backward(grad_out, self.cache)
 
 
 class AvgPool2D(_Pool2D):
@@ -67,9 +62,9 @@ class AvgPool2D(_Pool2D):
 
     def forward(self, x):
         self._check(x)
-        out, self.cache = ops.avgpool2d_forward(x, self.kernel_size, self.stride, self.padding)
+        out, self.cache = kernels.avgpool2d_forward(x, self.kernel_size, self.stride, self.padding)
         return out
 
     def backward(self, grad_out, need_input_grad=True):
         self._need_cache()
-        return ops.avgpool2d_backward(grad_out, self.cache)
+        return kernels.avgpool2d_backward(grad_out, self.cache)

@@ -1,0 +1,18 @@
+"""The command-line programs behind ``scripts/train.py``, ``scripts/evaluate.py`` and ``scripts/inspect.py``.
+
+One module per program (`train`, `evaluate`, `inspect`), each with its parser and its
+steps, and what they share: `common` (errors, one-line notes, argument types, device,
+data and checkpoint loading, pictures, JSON) and `runs` (run folders).
+
+Each ``*_main(argv)`` parses its arguments, does its work and returns the exit
+status, so tests call them in-process. Bad arguments end with one line on stderr
+(``train.py: error: ...``) and status 2 before any training starts; Ctrl-C during
+training saves the last finished epoch and returns 130.
+"""
+
+from .common import DEFAULTS
+from .evaluate import evaluate_main
+from .inspect import inspect_main
+from .train import train_main
+
+__all__ = ["train_main", "evaluate_main", "inspect_main", "DEFAULTS"]

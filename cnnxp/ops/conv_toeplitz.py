@@ -1,0 +1,236 @@
+"""Convolution as rows against a Toeplitz matrix of the weights (a fast path of `conv_fast`).
+
+im2col (`conv`) builds one column per output *position*; this builds one row per output
+*row*: ``(N*out_h, kh*C*Wp) @ (kh*C*Wp, O*out_w)``. Row ``(n, r)`` holds the ``kh`` padded
+input rows output row ``r`` of image ``n`` reads; `toeplitz_weight` places each kernel row at
+every output column's offset. The product does ``Wp / kw`` times im2col's arithmetic, but its
+input copy is ``kh`` times the input instead of ``kh*kw`` times and its shape suits a matrix
+product better: it pays for narrow, few-channel layers such as LeNet-5's (`conv_fast`'s
+``algorithm="auto"`` rule; docs/performance.md).
+
+Memory order: the padded input is stored ``(N, Hp, C, Wp)`` so that a row's ``kh`` input rows
+are one slice, and the output ``(N, out_h, O, out_w)``, returned as its NCHW view. The layers
+below keep that storage order (pooling allocates its gradient like its input), so the next
+convolution reads its input, and this one its gradient, without a copy.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from array_api_compat import array_namespace
+from array_api_compat import device as device_of
+
+from . import blocks
+from .blocks import images_per_slice
+
+__all__ = [
+    "toeplitz_weight",
+    "toeplitz_weight_grad",
+    "ToeplitzGeometry",
+    "ToeplitzCache",
+    "SlicedToeplitzCache",
+    "toeplitz_forward",
+    "toeplitz_backward",
+]
+
+
+def _toeplitz_selector(xp, dtype, device, padded_width: int, out_width: int, stride_w: int, kw: int):
+    """``S[(w, x), j] = 1`` where input column ``w`` is kernel column ``j`` of output column ``x``."""
+    w = xp.reshape(xp.arange(padded_width, device=device), (padded_width, 1, 1))
+    x = xp.reshape(xp.arange(out_width, device=device), (1, out_width, 1))
+    j = xp.reshape(xp.arange(kw, device=device), (1, 1, kw))
+    return xp.reshape(xp.astype(w == x * stride_w + j, dtype), (padded_width * out_width, kw))
+
+
+def toeplitz_weight(weight, padded_width: int, out_width: int, stride_w: int):
+    """The weight as a ``(kh*C*Wp, O*out_w)`` matrix: row ``(i, c, w)``, column ``(o, x)`` holds
+    ``weight[o, c, i, w - x*stride_w]`` where that offset lies in the kernel, else 0.
+
+    Built without index arrays: each kernel row is written at the start of a row of length
+    ``Wp + stride_w``; read back ``Wp`` at a time, row ``x`` then starts ``x * stride_w`` later.
+    """
+    xp = array_namespace(weight)
+    o, c, kh, kw = weight.shape
+    wp, ow, sw = padded_width, out_width, stride_w
+    base = xp.zeros((kh, c, o, ow, wp + sw), dtype=weight.dtype, device=device_of(weight))
+    base[:, :, :, :, :kw] = xp.permute_dims(weight, (2, 1, 0, 3))[:, :, :, None, :]
+    rows = xp.reshape(xp.reshape(base, (kh, c, o, ow * (wp + sw)))[:, :, :, : ow * wp], (kh, c, o, ow, wp))
+    return xp.reshape(xp.permute_dims(rows, (0, 1, 4, 2, 3)), (kh * c * wp, o * ow))
+
+
+def toeplitz_weight_grad(grad_t, weight_shape, padded_width: int, out_width: int, stride_w: int):
+    """Adjoint of `toeplitz_weight`: sum each kernel offset's entries of a ``(kh*C*Wp, O*out_w)`` gradient.
+
+    The sums over output columns are one small product with the 0/1 selector
+    ``S[(w, x), j]`` (faster than a reduction over a strided axis).
+    """
+    xp = array_namespace(grad_t)
+    o, c, kh, kw = weight_shape
+    wp, ow = padded_width, out_width
+    sel = _toeplitz_selector(xp, grad_t.dtype, device_of(grad_t), wp, ow, stride_w, kw)
+    per_kernel_row = xp.permute_dims(xp.reshape(grad_t, (kh, c, wp, o, ow)), (0, 1, 3, 2, 4))  # (kh, c, o, wp, ow)
+    taps = xp.reshape(xp.reshape(per_kernel_row, (kh * c * o, wp * ow)) @ sel, (kh, c, o, kw))
+    return xp.permute_dims(taps, (2, 1, 0, 3))
+
+
+def _toeplitz_rows(src, kh: int, sh: int, oh: int):
+    """``(N*out_h, kh*C*Wp)``: output row ``r`` of image ``n`` takes padded rows ``r*sh + i``, i < kh.
+
+    ``src`` is the padded batch stored ``(N, Hp, C, Wp)``.
+    """
+    xp = array_namespace(src)
+    n, _, c, wp = src.shape
+    rows = xp.stack([src[:, i : i + sh * (oh - 1) + 1 : sh, :, :] for i in range(kh)], axis=2)
+    return xp.reshape(rows, (n * oh, kh * c * wp))
+
+
+def _add_rows(dsrc, d_rows, kh: int, sh: int, oh: int):
+    """Adjoint of `_toeplitz_rows`: add each output row's slice of ``d_rows`` back to its input rows."""
+    xp = array_namespace(dsrc)
+    n, _, c, wp = dsrc.shape
+    d_rows = xp.reshape(d_rows, (n, oh, kh, c, wp))
+    for i in range(kh):
+        sl = slice(i, i + sh * (oh - 1) + 1, sh)
+        dsrc[:, sl, :, :] = dsrc[:, sl, :, :] + d_rows[:, :, i, :, :]
+
+
+class ToeplitzGeometry(NamedTuple):
+    """The shapes a Toeplitz convolution was run with."""
+
+    in_shape: tuple  # (N, C, H, W)
+    weight_shape: tuple  # (O, C, kh, kw)
+    stride: tuple
+    padding: tuple
+    out_size: tuple
+    has_bias: bool  # the rows carry a column of ones for the bias (see `toeplitz_forward`)
+
+    @property
+    def padded(self) -> tuple[int, int]:
+        (_, _, h, w), (ph, pw) = self.in_shape, self.padding
+        return h + 2 * ph, w + 2 * pw
+
+    @property
+    def source_width(self) -> int:
+        """Ws: the padded width, plus the column of ones when there is a bias."""
+        return self.padded[1] + self.has_bias
+
+
+class ToeplitzCache(NamedTuple):
+    """The whole batch's rows, kept for the weight gradient."""
+
+    rows: Any  # (N*out_h, kh*C*Ws)
+    weight_matrix: Any  # (kh*C*Ws, O*out_w): `toeplitz_weight`, with the bias in row Wp
+    geometry: ToeplitzGeometry
+
+
+class SlicedToeplitzCache(NamedTuple):
+    """The padded input of a batch convolved in slices: backward rebuilds each slice's rows."""
+
+    source: Any  # (N, Hp, C, Ws)
+    step: int  # images per slice
+    weight_matrix: Any
+    geometry: ToeplitzGeometry
+
+
+def toeplitz_forward(x, weight, bias, stride, padding, out_size, chunk_bytes):
+    """Convolution as one product: rows of the padded input against `toeplitz_weight`.
+
+    Arguments as `conv_fast.conv2d_forward`'s, already checked. Batches whose rows matrix
+    would exceed ``chunk_bytes`` run in slices and keep only the padded input for backward.
+    Returns ``(out, ToeplitzCache or SlicedToeplitzCache)``.
+    """
+    xp = array_namespace(x, weight)
+    n, c, h, w = x.shape
+    o, _, kh, kw = weight.shape
+    (sh, sw), (ph, pw), (oh, ow) = stride, padding, out_size
+    geometry = ToeplitzGeometry((n, c, h, w), (o, c, kh, kw), stride, padding, out_size, bias is not None)
+    (hp, wp), ws = geometry.padded, geometry.source_width
+    # The bias rides in the product: one more input column, all ones in channel 0, meets a
+    # weight row holding the bias (the column lies beyond every kernel window, so the
+    # Toeplitz rows there are zero). No pass over the output, and its gradient comes free.
+    x_nhcw = xp.permute_dims(x, (0, 2, 1, 3))
+    if ws != w or hp != h:
+        src = xp.zeros((n, hp, c, ws), dtype=x.dtype, device=device_of(x))
+        src[:, ph : ph + h, :, pw : pw + w] = x_nhcw
+        if bias is not None:
+            src[:, :, 0, wp] = 1.0
+    else:
+        src = x_nhcw
+    t = toeplitz_weight(weight, ws, ow, sw)
+    if bias is not None:
+        t[wp, :] = xp.reshape(xp.broadcast_to(bias[:, None], (o, ow)), (o * ow,))
+    step = images_per_slice(kh * c * ws * oh * (xp.finfo(x.dtype).bits // 8), n, chunk_bytes)
+    if step >= n:
+        rows = _toeplitz_rows(src, kh, sh, oh)
+        out = xp.reshape(rows @ t, (n, oh, o, ow))
+        cache = ToeplitzCache(rows, t, geometry)
+    else:
+        out = xp.empty((n, oh, o, ow), dtype=x.dtype, device=device_of(x))
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            part = _toeplitz_rows(src[start:stop, ...], kh, sh, oh) @ t
+            out[start:stop, ...] = xp.reshape(part, (stop - start, oh, o, ow))
+        cache = SlicedToeplitzCache(src, step, t, geometry)
+    return xp.permute_dims(out, (0, 2, 1, 3)), cache
+
+
+def toeplitz_backward(grad_out, cache, need_input_grad=True, block_bytes=None):
+    """Gradients of `toeplitz_forward`: ``(grad_in or None, grad_weight, grad_bias)``.
+
+    The input gradient's row additions run over slices of the batch of at most ``block_bytes``
+    (default `blocks.CACHE_BLOCK_BYTES`), so each slice stays in cache between its ``kh`` passes.
+    """
+    xp = array_namespace(grad_out)
+    geo = cache.geometry
+    n, c, h, w = geo.in_shape
+    o = geo.weight_shape[0]
+    (ph, pw), (oh, ow), (hp, wp), ws = geo.padding, geo.out_size, geo.padded, geo.source_width
+    g = xp.reshape(xp.permute_dims(grad_out, (0, 2, 1, 3)), (n * oh, o * ow))
+    dsrc = xp.zeros((n, hp, c, ws), dtype=grad_out.dtype, device=device_of(grad_out)) if need_input_grad else None
+    if isinstance(cache, ToeplitzCache):
+        block_bytes = blocks.CACHE_BLOCK_BYTES if block_bytes is None else block_bytes
+        grad_t = _whole_batch_grads(g, cache, dsrc, block_bytes)
+    else:
+        grad_t = _sliced_grads(g, cache, dsrc)
+    grad_weight = toeplitz_weight_grad(grad_t, geo.weight_shape, ws, ow, geo.stride[1])
+    if geo.has_bias:  # the row of the ones column (see the forward)
+        grad_bias = xp.sum(xp.reshape(grad_t[wp, :], (o, ow)), axis=1)
+    else:  # rows first (a contiguous reduction), then the few output columns of each channel
+        grad_bias = xp.sum(xp.reshape(xp.sum(g, axis=0), (o, ow)), axis=1)
+    if not need_input_grad:
+        return None, grad_weight, grad_bias
+    return xp.permute_dims(dsrc[:, ph : ph + h, :, pw : pw + w], (0, 2, 1, 3)), grad_weight, grad_bias
+
+
+def _whole_batch_grads(g, cache: ToeplitzCache, dsrc, block_bytes):
+    """The Toeplitz matrix's gradient; adds the rows' gradient into ``dsrc`` unless it is None."""
+    xp = array_namespace(g)
+    geo = cache.geometry
+    n, c = geo.in_shape[:2]
+    kh, sh, oh, hp, ws = geo.weight_shape[2], geo.stride[0], geo.out_size[0], geo.padded[0], geo.source_width
+    grad_t = xp.matrix_transpose(cache.rows) @ g
+    if dsrc is not None:
+        d_rows = g @ xp.matrix_transpose(cache.weight_matrix)
+        block = images_per_slice(hp * c * ws * (xp.finfo(g.dtype).bits // 8), n, block_bytes)
+        for start in range(0, n, block):
+            stop = min(n, start + block)
+            _add_rows(dsrc[start:stop, ...], d_rows[start * oh : stop * oh, ...], kh, sh, oh)
+    return grad_t
+
+
+def _sliced_grads(g, cache: SlicedToeplitzCache, dsrc):
+    """As `_whole_batch_grads`, rebuilding each slice's rows from the kept padded input."""
+    xp = array_namespace(g)
+    geo = cache.geometry
+    n, kh, sh, oh = geo.in_shape[0], geo.weight_shape[2], geo.stride[0], geo.out_size[0]
+    t_t = xp.matrix_transpose(cache.weight_matrix)
+    grad_t = None
+    for start in range(0, n, cache.step):
+        stop = min(n, start + cache.step)
+        g_part = g[start * oh : stop * oh, ...]
+        part = xp.matrix_transpose(_toeplitz_rows(cache.source[start:stop, ...], kh, sh, oh)) @ g_part
+        grad_t = part if grad_t is None else grad_t + part
+        if dsrc is not None:
+            _add_rows(dsrc[start:stop, ...], g_part @ t_t, kh, sh, oh)
+    return grad_t

@@ -1,0 +1,103 @@
+"""The package's two cross-cutting helpers: argument checks (one error policy) and atomic file writes."""
+
+from __future__ import annotations
+
+import os
+import stat
+import urllib.error
+
+import numpy as np
+import pytest
+
+from cnnxp._checks import check_choice, check_int, check_pair, check_real
+from cnnxp._files import atomic_write, temporary_files, usual_file_mode
+
+
+@pytest.mark.parametrize(("call", "error", "message"), [
+    (lambda: check_int(2.5, "DataLoader", "batch_size"), TypeError, "DataLoader batch_size must be an int, got 2.5 (float)"),
+    (lambda: check_int(True, "Dense", "in_features"), TypeError, "Dense in_features must be an int, got True (bool)"),
+    (lambda: check_int("3", "fit", "epochs"), TypeError, "fit epochs must be an int, got '3' (str)"),
+    (lambda: check_int(0, "fit", "epochs"), ValueError, "fit epochs must be a positive int, got 0"),
+    (lambda: check_int(-1, "DataLoader", "seed", least=0), ValueError, "DataLoader seed must be an int >= 0, got -1"),
+    (lambda: check_real("1", "SGD", "momentum", 0.0), TypeError, "SGD momentum must be a number, got '1' (str)"),
+    (lambda: check_real(None, "", "label_smoothing", 0.0, 1.0), TypeError,
+     "label_smoothing must be a number, got None (NoneType)"),
+    (lambda: check_real(float("nan"), "Adam", "eps", 0.0, low_open=True), ValueError,
+     "Adam eps must be a finite number in (0, inf), got nan"),
+    (lambda: check_real(1.0, "", "label_smoothing", 0.0, 1.0, high_open=True), ValueError,
+     "label_smoothing must be a finite number in [0, 1), got 1.0"),
+    (lambda: check_pair(1.5, "Conv2D", "stride", 1), TypeError, "Conv2D stride must be an int or a pair of ints, got 1.5"),
+    (lambda: check_pair((1, 2, 3), "Conv2D", "stride", 1), ValueError,
+     "Conv2D stride must be an int or a pair of ints, got (1, 2, 3)"),
+    (lambda: check_pair((1, 0), "MaxPool2D", "stride", 1), ValueError, "MaxPool2D stride must be at least 1, got (1, 0)"),
+    (lambda: check_pair(-1, "", "padding"), ValueError, "padding must be non-negative, got -1"),
+    (lambda: check_choice("fft", "", "algorithm", ("auto", "im2col")), ValueError,
+     "algorithm must be 'auto' or 'im2col', got 'fft'"),
+    (lambda: check_choice(3, "Conv2D", "algorithm", ("auto",)), TypeError, "Conv2D algorithm must be 'auto', got 3"),
+])  # fmt: skip
+def test_one_error_policy(call, error, message):
+    """TypeError for a wrong type, ValueError for a wrong value, and a message that names owner, rule and value."""
+    with pytest.raises(error) as info:
+        call()
+    assert str(info.value) == message
+
+
+def test_checks_return_plain_python_values():
+    assert check_int(np.int64(3), "x", "n") == 3 and type(check_int(np.int64(3), "x", "n")) is int
+    assert check_real(np.float32(0.5), "x", "p", 0.0, 1.0) == 0.5
+    assert check_pair(np.int32(2), "x", "k", 1) == (2, 2) and check_pair([1, 2], "x", "k") == (1, 2)
+    assert check_choice("auto", "", "algorithm", ("auto",)) == "auto"
+
+
+def test_atomic_write_replaces_whole_files_with_the_usual_mode(tmp_path):
+    target = tmp_path / "sub" / "a.json"  # the folder is made
+    with atomic_write(target, "w") as f:
+        f.write("first")
+    with atomic_write(target) as f:
+        f.write(b"second")
+    assert target.read_text() == "second"
+    assert stat.S_IMODE(os.stat(target).st_mode) == usual_file_mode()
+    assert temporary_files(target) == [] and sorted(os.listdir(target.parent)) == ["a.json"]
+
+
+def test_atomic_write_keeps_the_old_file_when_the_block_fails(tmp_path):
+    target = tmp_path / "a.bin"
+    target.write_bytes(b"old")
+    for error in (ValueError("checksum mismatch"), urllib.error.URLError("no network"), KeyboardInterrupt()):
+        with pytest.raises(type(error)) as info, atomic_write(target) as f:
+            f.write(b"half")
+            raise error
+        assert info.value is error  # passed through as it was
+        assert target.read_bytes() == b"old" and temporary_files(target) == []
+
+
+def test_atomic_write_names_the_target_not_the_temporary_file(tmp_path):
+    folder = tmp_path / "checkpoint.npz"
+    folder.mkdir()  # the rename fails: a folder stands where the file should go
+    with pytest.raises(IsADirectoryError) as info, atomic_write(folder) as f:
+        f.write(b"x")
+    assert info.value.filename == str(folder)
+    with pytest.raises(OSError) as info, atomic_write(tmp_path / "full.bin") as f:
+        raise OSError(28, "No space left on device")  # what a write on a full disk raises
+    assert info.value.errno == 28 and info.value.filename == str(tmp_path / "full.bin")
+    assert temporary_files(tmp_path / "full.bin") == []
+
+
+def test_two_writers_of_one_file_do_not_collide(tmp_path):
+    """Each writer has a temporary file of its own: both finish, the last rename wins, no half file."""
+    target = tmp_path / "metrics.json"
+    with atomic_write(target, "w") as first:
+        first.write('{"a": 1}')
+        with atomic_write(target, "w") as second:
+            second.write('{"b": 2}')
+        assert target.read_text() == '{"b": 2}'
+    assert target.read_text() == '{"a": 1}'
+    assert temporary_files(target) == []
+
+
+def test_temporary_files_finds_what_a_killed_writer_left(tmp_path):
+    target = tmp_path / "checkpoint.npz"
+    left = tmp_path / ".checkpoint.npz.abc123.tmp"
+    left.write_bytes(b"partial")
+    (tmp_path / ".other.npz.abc.tmp").write_bytes(b"")  # another file's: not ours
+    assert temporary_files(target) == [left]

@@ -26,11 +26,17 @@ def seed_cnn(seed: int = 0, device="cpu") -> Sequential:
 
 
 def lenet5(seed: int = 0, device="cpu") -> Sequential:
-    """LeNet-5 with ReLU and max pooling, for 28x28 inputs (the first convolution pads by 2)."""
+    """LeNet-5 with ReLU and max pooling, for 28x28 inputs (the first convolution pads by 2).
+
+    Each max pool comes before its ReLU, as in PyTorch's MNIST example: the two commute (the
+    largest rectified value is the rectified largest value, and the first maximum is the same
+    element), and the ReLU then works on a quarter of the values. Checkpoints of the
+    ReLU-first order load unchanged: the layers with parameters keep their positions.
+    """
     rng = np.random.default_rng(seed)
     return Sequential([
-        Conv2D(1, 6, 5, padding=2, seed=rng), ReLU(), MaxPool2D(2),
-        Conv2D(6, 16, 5, seed=rng), ReLU(), MaxPool2D(2),
+        Conv2D(1, 6, 5, padding=2, seed=rng), MaxPool2D(2), ReLU(),
+        Conv2D(6, 16, 5, seed=rng), MaxPool2D(2), ReLU(),
         Flatten(),
         Dense(400, 120, seed=rng), ReLU(),
         Dense(120, 84, seed=rng), ReLU(),
@@ -41,13 +47,13 @@ def lenet5(seed: int = 0, device="cpu") -> Sequential:
 def fashion_cnn(seed: int = 0, device="cpu") -> Sequential:
     """A stronger network for Fashion-MNIST: two conv blocks with BatchNorm, max pooling and Dropout.
 
-    Conv(1, 32, 3, p=1)-BN-ReLU-MaxPool(2) -> Conv(32, 64, 3, p=1)-BN-ReLU-MaxPool(2) -> Dropout(0.25)
-    -> Flatten -> Dense(3136, 128)-ReLU -> Dropout(0.5) -> Dense(128, 10).
+    Conv(1, 32, 3, p=1)-BN-MaxPool(2)-ReLU -> Conv(32, 64, 3, p=1)-BN-MaxPool(2)-ReLU -> Dropout(0.25)
+    -> Flatten -> Dense(3136, 128)-ReLU -> Dropout(0.5) -> Dense(128, 10) (pool before ReLU: see `lenet5`).
     """
     rng = np.random.default_rng(seed)
     return Sequential([
-        Conv2D(1, 32, 3, padding=1, bias=False, seed=rng), BatchNorm2D(32), ReLU(), MaxPool2D(2),
-        Conv2D(32, 64, 3, padding=1, bias=False, seed=rng), BatchNorm2D(64), ReLU(), MaxPool2D(2),
+        Conv2D(1, 32, 3, padding=1, bias=False, seed=rng), BatchNorm2D(32), MaxPool2D(2), ReLU(),
+        Conv2D(32, 64, 3, padding=1, bias=False, seed=rng), BatchNorm2D(64), MaxPool2D(2), ReLU(),
         Dropout(0.25, seed=rng),
         Flatten(),
         Dense(64 * 7 * 7, 128, seed=rng), ReLU(),

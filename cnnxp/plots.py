@@ -24,6 +24,7 @@ __all__ = [
     "class_names",
     "plot_samples",
     "plot_history",
+    "feature_maps",
     "plot_feature_maps",
     "plot_filters",
     "plot_confusion",
@@ -131,11 +132,13 @@ def _is_feature_layer(layer) -> bool:
     return type(layer).__name__ in ("Conv2D", "MaxPool2D", "AvgPool2D")
 
 
-def plot_feature_maps(model, image, path, label: str | None = None, max_maps: int = 16) -> Path:
-    """The input and the feature maps after each convolution and pooling layer, for one image.
+def feature_maps(model, image) -> list[tuple[str, np.ndarray]]:
+    """``(name, maps)`` after each convolution and pooling layer for one image, maps on the host (C, H, W).
 
     ``image`` is one normalised input, (1, H, W) or (1, 1, H, W), on any device. The
     network runs in eval mode, one layer at a time, as the teaching notebook showed it.
+    A pooling layer's maps are taken after the ReLU that follows it, if one does (the
+    presets pool first), so they are the rectified maps the next layer reads.
     """
     x = to_device(image, model.device)
     if len(x.shape) == 3:
@@ -150,8 +153,17 @@ def plot_feature_maps(model, image, path, label: str | None = None, max_maps: in
                 out = layer.forward(out)
                 if _is_feature_layer(layer) and len(out.shape) == 4:
                     stages.append((f"{i}: {layer.name}", to_numpy(out)[0]))
+                elif layer.name == "ReLU" and i > 0 and model.layers[i - 1].name.endswith("Pool2D") and stages:
+                    stages[-1] = (f"{stages[-1][0]} + ReLU", to_numpy(out)[0])
     finally:
         model.train(was_training)
+    return stages
+
+
+def plot_feature_maps(model, image, path, label: str | None = None, max_maps: int = 16) -> Path:
+    """The input and the feature maps after each convolution and pooling layer (`feature_maps`), for one image."""
+    stages = feature_maps(model, image)
+    x = to_numpy(image).reshape(-1, *to_numpy(image).shape[-2:])
     cols = min(max_maps, max([s[1].shape[0] for s in stages], default=1))
     rows = len(stages) + 1
     fig = _figure(1.2 * cols + 1.5, 1.35 * rows + 0.6)
@@ -159,7 +171,7 @@ def plot_feature_maps(model, image, path, label: str | None = None, max_maps: in
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
-    axes[0, 0].imshow(_image(to_numpy(x)[0]), cmap="gray_r", interpolation="nearest")
+    axes[0, 0].imshow(_image(x[0]), cmap="gray_r", interpolation="nearest")
     axes[0, 0].set_title("input", fontsize=8)
     for r, (name, maps) in enumerate(stages, start=1):
         shown = min(cols, maps.shape[0])

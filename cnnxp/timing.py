@@ -13,7 +13,6 @@ from typing import Any
 
 from .backend import get_device
 from .losses import softmax_cross_entropy
-from .model import _execution_order
 
 __all__ = ["synchronize", "layer_times", "format_layer_times"]
 
@@ -35,9 +34,8 @@ def layer_times(model, x, y=None, repeats: int = 5, warmup: int = 1) -> list[dic
 
     The device is synchronised around every layer, so each time is that layer's
     own work. The backward pass starts from the softmax cross-entropy gradient
-    against ``y`` (class 0 for every sample when ``y`` is None). Layers run in the
-    order `Sequential` runs them (a ReLU just before a max pool after it), so the
-    times are those of training; ``output_shape`` is the declared one.
+    against ``y`` (class 0 for every sample when ``y`` is None). Layers run in
+    training mode, in their declared order, as `Sequential` runs them.
 
     The model comes back as it was: its mode, BatchNorm's running statistics (which
     the training-mode passes update), the Dropout generators, and every layer's
@@ -59,7 +57,6 @@ def layer_times(model, x, y=None, repeats: int = 5, warmup: int = 1) -> list[dic
     model.train()
     forward = [[] for _ in model.layers]
     backward = [[] for _ in model.layers]
-    order = _execution_order(model.layers)
     shapes, shape = [], tuple(x.shape)
     for layer in model.layers:
         shape = tuple(layer.output_shape(shape))
@@ -68,19 +65,18 @@ def layer_times(model, x, y=None, repeats: int = 5, warmup: int = 1) -> list[dic
         with device.activate():
             for run in range(warmup + repeats):
                 out = x
-                for i in order:
+                for i, layer in enumerate(model.layers):
                     synchronize(device)
                     start = time.perf_counter()
-                    out = model.layers[i].forward(out)
+                    out = layer.forward(out)
                     synchronize(device)
                     if run >= warmup:
                         forward[i].append(time.perf_counter() - start)
                 _, grad = softmax_cross_entropy(out, y)
-                for k in range(len(order) - 1, -1, -1):
-                    i = order[k]
+                for i in range(len(model.layers) - 1, -1, -1):
                     synchronize(device)
                     start = time.perf_counter()
-                    grad = model.layers[i].backward(grad, need_input_grad=k > 0)
+                    grad = model.layers[i].backward(grad, need_input_grad=i > 0)
                     synchronize(device)
                     if run >= warmup:
                         backward[i].append(time.perf_counter() - start)

@@ -224,8 +224,8 @@ def torch_model(model_name: str):
         return nn.Sequential(nn.Conv2d(1, 8, 2, stride=2, padding=1), nn.MaxPool2d(2, stride=2, padding=1),
                              nn.Flatten(), nn.Linear(8 * 8 * 8, 10))
     return nn.Sequential(
-        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Conv2d(1, 6, 5, padding=2), nn.MaxPool2d(2), nn.ReLU(),  # as cnnxp.models.lenet5 declares it
+        nn.Conv2d(6, 16, 5), nn.MaxPool2d(2), nn.ReLU(), nn.Flatten(),
         nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10),
     )
 

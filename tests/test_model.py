@@ -93,57 +93,83 @@ def test_sequential_rejects_non_layers():
         cnnxp.Sequential([layers.ReLU(), 3])
 
 
-@pytest.mark.parametrize(("kinds", "expected"), [
-    ("relu pool", [1, 0]),
-    ("conv relu pool conv relu pool", [0, 2, 1, 3, 5, 4]),
-    ("relu relu pool", [0, 2, 1]),
-    ("relu pool pool", [1, 0, 2]),
-    ("pool relu", [0, 1]),
-    ("relu avgpool", [0, 1]),  # averaging and rectifying do not commute
-    ("relu flatten", [0, 1]),
-])
-def test_execution_order_swaps_relu_before_max_pool(kinds, expected):
-    from cnnxp.model import _execution_order
+class _Recorder(layers.Layer):
+    """Identity that notes when it runs, forward and backward."""
 
-    make = {"relu": layers.ReLU, "pool": lambda: layers.MaxPool2D(2), "avgpool": lambda: layers.AvgPool2D(2),
-            "conv": lambda: layers.Conv2D(1, 1, 1), "flatten": layers.Flatten}
-    assert _execution_order([make[k]() for k in kinds.split()]) == expected
+    def __init__(self, name, log):
+        super().__init__()
+        self.label, self.log = name, log
+
+    def forward(self, x):
+        self.log.append(f"forward {self.label}")
+        return x
+
+    def backward(self, grad_out, need_input_grad=True):
+        self.log.append(f"backward {self.label}")
+        return grad_out
 
 
-def _declared_order_step(model, x, grad):
-    """Forward and backward through the layers one by one, in the order they were given."""
-    for layer in model.layers:
-        x = layer.forward(x)
-    out = x
-    for i in range(len(model.layers) - 1, -1, -1):
-        grad = model.layers[i].backward(grad, need_input_grad=True)
-    return out, grad, {key: np.array(layer.grads[name]) for key, layer, name in model.named_parameters()}
+def test_layers_run_in_the_order_they_are_declared():
+    """No reordering behind the reader's back: forward in declared order, backward in reverse,
+    ReLU before MaxPool2D included."""
+    log = []
+    model = cnnxp.Sequential([_Recorder("a", log), layers.ReLU(), _Recorder("b", log), layers.MaxPool2D(2),
+                              _Recorder("c", log)])
+    x = np.random.default_rng(0).standard_normal((1, 1, 4, 4)).astype(np.float32)
+    out = model(x)
+    np.testing.assert_array_equal(out, np.maximum(x, 0).reshape(1, 1, 2, 2, 2, 2).max(axis=(3, 5)))
+    model.backward(np.ones_like(out))
+    assert log == ["forward a", "forward b", "forward c", "backward c", "backward b", "backward a"]
 
 
 @pytest.mark.parametrize("padding", [0, 1])
-def test_relu_after_max_pool_gives_the_same_bits(padding):
-    """Running a ReLU after the MaxPool2D it precedes changes neither outputs nor gradients.
+def test_max_pool_then_relu_gives_the_bits_of_relu_then_max_pool(padding):
+    """The presets declare MaxPool2D before ReLU; the other order gives the same outputs and gradients.
 
     The inputs are rounded so that windows hold ties, at zero and above it, and many negative
     values: where first-maximum routing and the ReLU's zero gradient could disagree.
     """
     rng = np.random.default_rng(3)
     x = np.round(rng.standard_normal((4, 2, 8, 8)) * 2).astype(np.float32) / 2
-    model = cnnxp.Sequential([layers.ReLU(), layers.MaxPool2D(2, padding=padding), layers.Conv2D(2, 3, 3, seed=1),
-                              layers.ReLU(), layers.MaxPool2D(2, stride=1), layers.Flatten()])
-    out = model(x)
-    grad = rng.standard_normal(out.shape).astype(np.float32)
-    dx = model.backward(grad)
-    grads = {key: np.array(layer.grads[name]) for key, layer, name in model.named_parameters()}
-    ref_out, ref_dx, ref_grads = _declared_order_step(model, x, grad)
-    assert (ref_out == 0).any() and (ref_dx == 0).any()
-    np.testing.assert_array_equal(out, ref_out)
-    np.testing.assert_array_equal(dx, ref_dx)
-    for key in grads:
-        np.testing.assert_array_equal(grads[key], ref_grads[key])
-    # Without an input gradient the model returns none, whichever layer runs first.
-    model(x)
-    assert model.backward(grad, need_input_grad=False) is None
+
+    def model(pool_first):
+        def block(pool):
+            return [pool, layers.ReLU()] if pool_first else [layers.ReLU(), pool]
+        return cnnxp.Sequential([*block(layers.MaxPool2D(2, padding=padding)), layers.Conv2D(2, 3, 3, seed=1),
+                                 *block(layers.MaxPool2D(2, stride=1)), layers.Flatten()])
+
+    results = []
+    for pool_first in (False, True):
+        m = model(pool_first)
+        out = m(x)
+        grad = np.random.default_rng(4).standard_normal(out.shape).astype(np.float32)
+        dx = m.backward(grad)
+        results.append((out, dx, np.array(m.layers[2].grads["weight"]), np.array(m.layers[2].grads["bias"])))
+    (out_a, dx_a, *grads_a), (out_b, dx_b, *grads_b) = results
+    assert (out_a == 0).any() and (dx_a == 0).any()
+    np.testing.assert_array_equal(out_b, out_a)
+    np.testing.assert_array_equal(dx_b, dx_a)
+    for got, want in zip(grads_b, grads_a, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_checkpoints_of_the_relu_first_presets_load():
+    """Presets once declared ReLU before MaxPool2D: the layers with parameters kept their
+    positions, so those state dicts load as they are and predict the same logits."""
+    rng = np.random.default_rng(0)
+    old = cnnxp.Sequential([
+        layers.Conv2D(1, 6, 5, padding=2, seed=rng), layers.ReLU(), layers.MaxPool2D(2),
+        layers.Conv2D(6, 16, 5, seed=rng), layers.ReLU(), layers.MaxPool2D(2), layers.Flatten(),
+        layers.Dense(400, 120, seed=rng), layers.ReLU(), layers.Dense(120, 84, seed=rng), layers.ReLU(),
+        layers.Dense(84, 10, init="glorot", seed=rng)])
+    new = lenet5(seed=1)
+    assert [type(layer).__name__ for layer in new.layers[:6]] == ["Conv2D", "MaxPool2D", "ReLU"] * 2
+    new.load_state_dict(old.state_dict())
+    x, _ = batch(3)
+    np.testing.assert_array_equal(new(x), old(x))
+    old_fashion = fashion_cnn(seed=0)
+    old_fashion.layers[2], old_fashion.layers[3] = old_fashion.layers[3], old_fashion.layers[2]
+    assert sorted(old_fashion.state_dict()) == sorted(fashion_cnn(seed=2).state_dict())
 
 
 def test_state_dict_round_trip_across_devices():

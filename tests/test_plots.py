@@ -55,6 +55,22 @@ def test_feature_maps_of_the_notebook_network(tmp_path, digits):
     assert _is_png(plots.plot_feature_maps(models.seed_cnn(), image[0], tmp_path / "fm.png"))
 
 
+def test_feature_maps_show_each_pool_after_its_relu(digits):
+    """LeNet-5 pools before its ReLUs: the pictures show the rectified pooled maps (what the next
+    layer reads), as they did when the ReLU came first; the convolutions' own maps are raw."""
+    x, _ = digits
+    image = ((x[:1].astype(np.float32) / 255 - 0.1307) / 0.3081)[:, None]
+    model = models.lenet5(seed=0)
+    stages = plots.feature_maps(model, image)
+    assert [name for name, _ in stages] == ["0: Conv2D", "1: MaxPool2D + ReLU", "3: Conv2D", "4: MaxPool2D + ReLU"]
+    assert [maps.shape for _, maps in stages] == [(6, 28, 28), (6, 14, 14), (16, 10, 10), (16, 5, 5)]
+    conv = stages[0][1]
+    assert conv.min() < 0  # raw convolution output
+    pooled = conv.reshape(6, 14, 2, 14, 2).max(axis=(2, 4))
+    np.testing.assert_array_equal(stages[1][1], np.maximum(pooled, 0))
+    assert model.training  # the model's mode is restored
+
+
 def test_class_names():
     assert plots.class_names("fashion-mnist")[0] == "T-shirt/top"
     assert plots.class_names("fashion-mnist")[9] == "Ankle boot"

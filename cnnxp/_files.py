@@ -52,23 +52,23 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs) -> It
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     except OSError as exc:
         raise _naming(exc, path) from None
+    f = os.fdopen(fd, mode, **open_kwargs)
     try:
-        with os.fdopen(fd, mode, **open_kwargs) as f:
-            try:
-                yield f
-            except OSError as exc:
-                raise (_naming(exc, path) if type(exc) is OSError else exc) from None
-            try:
-                f.flush()
-                os.fsync(f.fileno())
-            except OSError as exc:
-                raise _naming(exc, path) from None
         try:
+            yield f
+        except OSError as exc:
+            raise (_naming(exc, path) if type(exc) is OSError else exc) from None
+        try:  # closing flushes what is buffered: on a full disk that is where the write fails
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
             os.chmod(tmp, usual_file_mode())
             os.replace(tmp, path)
         except OSError as exc:
             raise _naming(exc, path) from None
     except BaseException:
+        with contextlib.suppress(OSError):  # a failed write's buffer fails again here: the first error stands
+            f.close()
         Path(tmp).unlink(missing_ok=True)
         raise
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,6 @@ class Checkpoint:
     config: dict[str, Any]
     history: History
     path: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # -- writing -----------------------------------------------------------------------------

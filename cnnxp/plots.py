@@ -163,7 +163,8 @@ def feature_maps(model, image) -> list[tuple[str, np.ndarray]]:
 def plot_feature_maps(model, image, path, label: str | None = None, max_maps: int = 16) -> Path:
     """The input and the feature maps after each convolution and pooling layer (`feature_maps`), for one image."""
     stages = feature_maps(model, image)
-    x = to_numpy(image).reshape(-1, *to_numpy(image).shape[-2:])
+    x = to_numpy(image)
+    x = x.reshape(-1, *x.shape[-2:])
     cols = min(max_maps, max([s[1].shape[0] for s in stages], default=1))
     rows = len(stages) + 1
     fig = _figure(1.2 * cols + 1.5, 1.35 * rows + 0.6)

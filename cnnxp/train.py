@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -26,6 +25,7 @@ from . import ops
 from ._checks import check_int
 from .backend import to_device, to_numpy
 from .losses import check_label_smoothing, softmax_cross_entropy
+from .schedules import cosine_lr, exponential_lr
 from .timing import synchronize
 
 __all__ = ["History", "EvalResult", "HISTORY_KEYS", "fit", "train_epoch", "EpochProgress", "evaluate", "predict",
@@ -102,37 +102,6 @@ class EvalResult:
             return np.diag(self.confusion) / totals
 
 
-# -- learning-rate schedules ----------------------------------------------------------
-
-
-def exponential_lr(base_lr: float, gamma: float = 0.6) -> Callable[[int, int, int], float]:
-    """A learning-rate schedule for `fit`: ``base_lr * gamma ** (epochs done)``, decayed smoothly every step.
-
-    Like ``torch.optim.lr_scheduler.ExponentialLR``, but continuous within an epoch. The
-    rate depends only on how far training has come, not on how many epochs the run
-    will have, so one epoch plus a resume to two follows the same rates as two straight.
-    """
-
-    def schedule(step: int, steps_per_epoch: int, epochs: int) -> float:
-        return base_lr * gamma ** (step / max(steps_per_epoch, 1))
-
-    return schedule
-
-
-def cosine_lr(base_lr: float, final_fraction: float = 0.0) -> Callable[[int, int, int], float]:
-    """A learning-rate schedule for `fit`: ``base_lr`` decayed along a half cosine over all ``epochs``.
-
-    The rate depends on the run's total number of epochs: a run resumed with a
-    larger ``epochs`` than it started with follows a different curve.
-    """
-
-    def schedule(step: int, steps_per_epoch: int, epochs: int) -> float:
-        progress = min(step / max(steps_per_epoch * epochs, 1), 1.0)
-        return base_lr * (final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress)))
-
-    return schedule
-
-
 # -- the loss and the metrics of a step ------------------------------------------------
 
 
@@ -202,6 +171,8 @@ class EpochProgress:
             return None
         bar = tqdm(total=total, desc=desc, unit="batch", leave=False, disable=None, file=sys.stderr,
                    dynamic_ncols=True, mininterval=cls.REFRESH_SECONDS)
+        if bar.disable:  # stderr is not a terminal: no bar, and no reading the sums back for one
+            return None
         return cls(bar, total, xp)
 
     def update(self, loss_sum, correct, seen: int) -> None:
@@ -445,3 +416,19 @@ def predict(model, x, batch_size: int | None = None):
             return xp.argmax(probs, axis=1), probs
     finally:
         model.train(was_training)
+
+
+_MOVED_TO_CHECKPOINT = ("save_checkpoint", "load_checkpoint", "restore", "Checkpoint", "CheckpointError",
+                        "CHECKPOINT_FORMAT", "checkpoint_arrays")
+
+
+def __getattr__(name: str):
+    """The checkpoint functions lived here before `cnnxp.checkpoint`: still found, with a warning."""
+    if name in _MOVED_TO_CHECKPOINT:
+        import warnings
+
+        from . import checkpoint
+
+        warnings.warn(f"cnnxp.train.{name} moved to cnnxp.checkpoint.{name}", DeprecationWarning, stacklevel=2)
+        return getattr(checkpoint, name)
+    raise AttributeError(f"module 'cnnxp.train' has no attribute {name!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import urllib.error
@@ -101,3 +102,39 @@ def test_temporary_files_finds_what_a_killed_writer_left(tmp_path):
     left.write_bytes(b"partial")
     (tmp_path / ".other.npz.abc.tmp").write_bytes(b"")  # another file's: not ours
     assert temporary_files(target) == [left]
+
+
+class _FullDisk(io.RawIOBase):
+    """A raw stream that takes 10 bytes, then fails every write as a full disk does (ENOSPC)."""
+
+    def __init__(self):
+        self.taken = 0
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        if self.taken + len(data) > 10:
+            raise OSError(28, "No space left on device")
+        self.taken += len(data)
+        return len(data)
+
+
+def test_a_full_disk_names_the_target_even_when_the_buffer_fails_on_close(tmp_path, monkeypatch):
+    """A write that fits the buffer fails only when the buffer is flushed (on close): the error still
+    names the file, never the temporary one, and nothing is left behind."""
+    import os as os_module
+
+    real_fdopen = os_module.fdopen
+
+    def fdopen(fd, mode="r", **kwargs):
+        os_module.close(fd)
+        return io.BufferedWriter(_FullDisk(), buffer_size=4096)
+
+    monkeypatch.setattr("cnnxp._files.os.fdopen", fdopen)
+    target = tmp_path / "checkpoint.npz"
+    with pytest.raises(OSError) as info, atomic_write(target) as f:
+        f.write(b"x" * 100)  # buffered: nothing has failed yet
+    monkeypatch.setattr("cnnxp._files.os.fdopen", real_fdopen)
+    assert info.value.errno == 28 and info.value.filename == str(target)
+    assert temporary_files(target) == [] and not target.exists()

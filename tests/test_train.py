@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 
 import numpy as np
@@ -415,3 +416,34 @@ def test_layer_times_leave_the_model_as_it_was():
     assert [dict(layer.grads) for layer in model] == grads
     assert all(layer.cache is c for layer, c in zip(model, caches, strict=True))
     np.testing.assert_array_equal(cnnxp.to_numpy(T.predict(model, x)[1]), before)
+
+
+def test_train_epoch_is_the_loop_fit_runs(tiny):
+    """One pass: the schedule sees the steps counted on from first_step, the sums cover every image,
+    and fit's first epoch is exactly this loop."""
+    (x, y), _ = tiny
+    model, reference = models.seed_cnn(seed=3), models.seed_cnn(seed=3)
+    opt, ref_opt = SGD(model, 0.05), SGD(reference, 0.05)
+    steps = []
+
+    def lr_at(step):
+        steps.append(step)
+        return 0.05
+
+    loss_sum, correct, seen = T.train_epoch(model, opt, DataLoader(x, y, 16, seed=0), first_step=6, lr_at=lr_at)
+    assert steps == [6, 7, 8] and seen == 48
+    history = T.fit(reference, ref_opt, DataLoader(x, y, 16, seed=0), 1, progress=False, log=None)
+    assert history[0]["train_loss"] == pytest.approx(float(cnnxp.to_numpy(loss_sum)) / 48, rel=1e-6)
+    assert history[0]["train_accuracy"] == float(cnnxp.to_numpy(correct)) / 48
+    for key, value in _state(reference).items():
+        np.testing.assert_array_equal(_state(model)[key], value)
+    empty = DataLoader(x[:0], y[:0], 16)
+    assert T.train_epoch(model, opt, empty) == (None, None, 0)
+
+
+def test_the_progress_display_is_off_without_a_terminal(monkeypatch):
+    """tqdm hides its bar when stderr is not a terminal; then there is no display at all, so the
+    running sums are never read back for it (a synchronisation on a GPU)."""
+    monkeypatch.setattr("sys.stderr", open(os.devnull, "w"))  # noqa: SIM115
+    assert T.EpochProgress.open(10, "epoch 1/1", True, np) is None
+    assert T.EpochProgress.open(10, "epoch 1/1", False, np) is None

@@ -11,8 +11,9 @@ training saves the last finished epoch and returns 130.
 """
 
 from .common import DEFAULTS
-from .evaluate import evaluate_main
-from .inspect import inspect_main
-from .train import train_main
+from .evaluate import evaluate_main, evaluate_parser
+from .inspect import inspect_main, inspect_parser
+from .train import OLDER_DEFAULTS, RESUMED_KEYS, train_main, train_parser
 
-__all__ = ["train_main", "evaluate_main", "inspect_main", "DEFAULTS"]
+__all__ = ["train_main", "evaluate_main", "inspect_main", "train_parser", "evaluate_parser", "inspect_parser",
+           "DEFAULTS", "RESUMED_KEYS", "OLDER_DEFAULTS"]

@@ -42,11 +42,7 @@ def check_writable(out: Path, what: str = "--out") -> Path | None:
     """
     if out.exists() and not out.is_dir():
         raise UsageError(f"{what} {str(out)!r} is a file, not a directory")
-    created = None
-    for folder in (out, *out.parents):
-        if folder.exists():
-            break
-        created = folder
+    created = _outermost_missing(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test.")
@@ -67,11 +63,7 @@ def new_run_dir(base: Path) -> tuple[Path, Path]:
         out = base if k == 1 else base.with_name(f"{base.name}-{k}")
         if out.exists() or out.is_symlink():
             continue
-        created = out
-        for folder in out.parents:
-            if folder.exists() or folder.is_symlink():
-                break
-            created = folder
+        created = _outermost_missing(out)
         try:
             out.mkdir(parents=True)
         except OSError as exc:
@@ -80,6 +72,16 @@ def new_run_dir(base: Path) -> tuple[Path, Path]:
             raise UsageError(f"cannot create the run folder {str(out)!r}: {exc.strerror or exc}") from None
         check_writable(out)
         return out, created
+
+
+def _outermost_missing(folder: Path) -> Path | None:
+    """The outermost of ``folder`` and its parents that does not exist (None: ``folder`` exists)."""
+    created = None
+    for path in (folder, *folder.parents):
+        if path.exists() or path.is_symlink():
+            break
+        created = path
+    return created
 
 
 def remove_empty(out: Path | None, created: Path | None) -> None:

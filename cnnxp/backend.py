@@ -12,14 +12,18 @@ never touches CUDA.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any
 
 import array_api_compat
 import array_api_compat.numpy
 import numpy as np
+
+from .ops._device import device_context as on_device_of
+from .ops.blocks import CPU_BLOCKS, WHOLE_BATCH, Blocks
 
 __all__ = [
     "Device",
@@ -32,6 +36,7 @@ __all__ = [
     "float_dtype",
     "check_input",
     "array_device",
+    "blocks_for",
     "on_device_of",
     "cuda_available",
 ]
@@ -50,15 +55,23 @@ class DeviceUnavailableError(RuntimeError):
 
 @dataclass(frozen=True, eq=False)
 class Device:
-    """A resolved device: a display name, its array namespace and the native device object.
+    """A resolved device: a display name, its array namespace, the native device object, its tuning.
 
     ``native`` is what ``xp.asarray(..., device=native)`` accepts and what
-    ``array_api_compat.device(x)`` returns for arrays that live there.
+    ``array_api_compat.device(x)`` returns for arrays that live there. ``blocks`` says how the
+    fast kernels slice a batch here (`cnnxp.ops.blocks`): cache-sized slices for NumPy on the
+    CPU, the whole batch in one operation elsewhere. Change it with `with_blocks`, for a model
+    (``Sequential(..., device=get_device("cpu").with_blocks(cache_block_bytes=None))``).
     """
 
     name: str
     xp: ModuleType
     native: Any
+    blocks: Blocks = field(default=WHOLE_BATCH)
+
+    def with_blocks(self, **sizes) -> Device:
+        """This device with other `Blocks` sizes (bytes; None: the whole batch in one operation)."""
+        return replace(self, blocks=self.blocks._replace(**sizes))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Device):
@@ -74,16 +87,37 @@ class Device:
     def __repr__(self) -> str:
         return f"Device({self.name!r})"
 
+    @contextlib.contextmanager
     def activate(self):
-        """A context in which new arrays are allocated on this device.
+        """A context in which new arrays are allocated on this device, with its `blocks` in force.
 
-        CuPy's creation functions allocate on the *current* GPU whatever ``device=``
-        says, so CUDA devices enter their own context; other libraries need none.
+        CuPy's creation functions allocate on the *current* GPU whatever ``device=`` says, so a
+        CuPy device enters its own context; other libraries need none. Layers run inside it
+        read the device's `blocks` (`blocks_for`).
         """
-        return self.native if self.name.startswith("cuda:") else contextlib.nullcontext()
+        token = _active.set(self)
+        try:
+            if array_api_compat.is_cupy_namespace(self.xp):
+                with self.native:
+                    yield self
+            else:
+                yield self
+        finally:
+            _active.reset(token)
 
 
-_CPU = Device("cpu", array_api_compat.numpy, "cpu")
+_CPU = Device("cpu", array_api_compat.numpy, "cpu", CPU_BLOCKS)
+_active: contextvars.ContextVar[Device | None] = contextvars.ContextVar("cnnxp_active_device", default=None)
+
+
+def blocks_for(x: Any) -> Blocks:
+    """How the fast kernels should slice a batch of ``x``: the active device's `blocks` (inside
+    `Device.activate`, as `Sequential` runs its layers on inputs it checked to live there), else
+    the default of ``x``'s library (`CPU_BLOCKS` for NumPy, `WHOLE_BATCH` for every other)."""
+    active = _active.get()
+    if active is not None:
+        return active.blocks
+    return CPU_BLOCKS if isinstance(x, np.ndarray) else WHOLE_BATCH
 
 
 def _import_cupy(asked: str = "cuda"):
@@ -214,17 +248,6 @@ def array_device(x: Any) -> Device:
     return Device(str(native), xp, native)
 
 
-def on_device_of(x: Any):
-    """A context in which new arrays land where ``x`` lives: its GPU's for a CuPy array, else none.
-
-    CuPy allocates on the *current* GPU, so work on an array of ``cuda:1`` must run with
-    that GPU current; every other library (and anything that is not an array) needs nothing.
-    """
-    if array_api_compat.is_cupy_array(x):
-        return x.device
-    return contextlib.nullcontext()
-
-
 def check_input(x: Any, device: Device, where: str) -> None:
     """Raise `DeviceError` unless ``x`` is an array of ``device``'s namespace on that device."""
     try:
@@ -244,7 +267,7 @@ def check_input(x: Any, device: Device, where: str) -> None:
 
 def move_hint(device: Device, owner: str = "model") -> str:
     """How to move an array to ``device``, as a user would type it."""
-    if device is _CPU or (device.name.startswith("cuda:") and array_api_compat.is_cupy_namespace(device.xp)):
+    if array_api_compat.is_numpy_namespace(device.xp) or array_api_compat.is_cupy_namespace(device.xp):
         return f"cnnxp.to_device(x, {device.name!r})"
     return f"cnnxp.to_device(x, {owner}.device)"
 
@@ -257,11 +280,21 @@ def to_numpy(x: Any) -> np.ndarray:
         return x.get()
     if np.isscalar(x) or isinstance(x, (list, tuple)):
         return np.asarray(x)
+    if _on_cuda(x):  # another library's GPU array (a torch CUDA tensor): its own way to the host first
+        x = array_api_compat.to_device(x, "cpu")
     try:
         view = np.from_dlpack(x)  # shares the other library's memory: copied below
     except (TypeError, RuntimeError, BufferError, AttributeError):
         view = np.asarray(x)
     return np.array(view, copy=True)
+
+
+def _on_cuda(x: Any) -> bool:
+    """True for an array in CUDA device memory, whatever its library (DLPack's device type 2)."""
+    try:
+        return int(x.__dlpack_device__()[0]) == 2
+    except (AttributeError, TypeError, ValueError, RuntimeError):
+        return False
 
 
 def to_device(x: Any, device: Any, xp: ModuleType | None = None):
@@ -283,13 +316,15 @@ def to_device(x: Any, device: Any, xp: ModuleType | None = None):
             src_xp = None
         if src_xp is target.xp and array_api_compat.device(x) == target.native:
             return x
-    if target is _CPU:
+    if array_api_compat.is_numpy_namespace(target.xp):
         return to_numpy(x)
-    host = to_numpy(x)
-    if target.name.startswith("cuda:"):
+    if array_api_compat.is_cupy_namespace(target.xp):
         cupy = _import_cupy()
-        with target.native:
-            return cupy.asarray(host)
+        with target.native:  # CuPy allocates and copies on the current GPU
+            if _on_cuda(x):  # another GPU's CuPy array, or another library's (torch): GPU to GPU
+                return (x if array_api_compat.is_cupy_array(x) else cupy.from_dlpack(x)).copy()
+            return cupy.asarray(to_numpy(x))
+    host = to_numpy(x)
     # a new array, as PyTorch's .to() gives: never a view of the source (whose owner may change
     # it, or have made it read-only)
     return target.xp.asarray(host, device=target.native, copy=True)

@@ -11,6 +11,8 @@ import functools
 import time
 from typing import Any
 
+import array_api_compat
+
 from .backend import get_device
 from .losses import softmax_cross_entropy
 
@@ -18,15 +20,22 @@ __all__ = ["synchronize", "layer_times", "format_layer_times"]
 
 
 def synchronize(device: Any = "cpu") -> None:
-    """Block until all work queued on ``device`` (a name or `Device`) has finished; a no-op off CUDA."""
-    dev = get_device(device)
-    if not dev.name.startswith("cuda"):
-        return
-    import cupy
+    """Block until all work queued on ``device`` (a name or `Device`) has finished; a no-op off CUDA.
 
-    with dev.native:
-        cupy.cuda.get_current_stream().synchronize()
-    dev.native.synchronize()
+    Decided by the device's library, not its name: a torch model on ``torch.device("cuda")``
+    is named "cuda:0" too, and waits with ``torch.cuda.synchronize``.
+    """
+    dev = get_device(device)
+    if array_api_compat.is_cupy_namespace(dev.xp):
+        import cupy
+
+        with dev.native:
+            cupy.cuda.get_current_stream().synchronize()
+        dev.native.synchronize()
+    elif array_api_compat.is_torch_namespace(dev.xp) and getattr(dev.native, "type", "") == "cuda":
+        import torch
+
+        torch.cuda.synchronize(dev.native)
 
 
 def layer_times(model, x, y=None, repeats: int = 5, warmup: int = 1) -> list[dict[str, Any]]:

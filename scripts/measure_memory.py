@@ -61,7 +61,7 @@ def main(argv=None) -> int:
         "dataset": args.dataset, "images": int(images.shape[0]), "batch_size": args.batch_size,
         "device": args.device, "seconds": seconds, "images_per_second": images.shape[0] / seconds,
         "peak_rss_mb_after_loading": after_load, "peak_rss_mb": peak, "limit_mb": args.limit_mb,
-        "conv_chunk_bytes": cnnxp.ops.blocks.CONV_CHUNK_BYTES,
+        "conv_chunk_bytes": cnnxp.get_device("cpu").blocks.conv_chunk_bytes,
         "last_epoch": {k: v for k, v in history.rows[-1].items() if isinstance(v, (int, float, str))}
         if getattr(history, "rows", None) else None,
     }

@@ -89,15 +89,30 @@ def test_native_cupy_device_is_the_cuda_device(monkeypatch):
 
 
 def test_on_device_of_enters_a_cupy_arrays_gpu(monkeypatch):
-    """A CuPy array's own device is the context (CuPy allocates on the current GPU); others get none."""
+    """A CuPy array's own device is the context (CuPy allocates on the current GPU); others get none.
+
+    Decided by the device object (a context manager, as CuPy's GPUs are), not by the library's name.
+    """
     fake = types.ModuleType("cupy")
     fake.ndarray = type("ndarray", (), {})
     monkeypatch.setitem(sys.modules, "cupy", fake)
-    gpu1 = object()
+
+    class Gpu:
+        entered = 0
+
+        def __enter__(self):
+            Gpu.entered += 1
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    gpu1 = Gpu()
     arr = fake.ndarray()
     arr.device = gpu1
     assert backend.on_device_of(arr) is gpu1
-    for other in (np.zeros(2), [1.0], None):
+    strict = pytest.importorskip("array_api_strict")
+    for other in (np.zeros(2), [1.0], None, strict.asarray([1.0], device=strict.Device("device1"))):
         with backend.on_device_of(other) as entered:
             assert entered is None
 

@@ -16,7 +16,8 @@ import cnnxp
 from cnnxp import layers, ops
 from cnnxp.layers import conv as conv_layer
 from cnnxp.layers import pool as pool_layer
-from cnnxp.ops import blocks, conv_fast, pool_fast
+from cnnxp.ops import conv_fast, pool_fast
+from cnnxp.ops.blocks import CPU_BLOCKS, WHOLE_BATCH, Blocks
 
 
 def host(a):
@@ -119,16 +120,16 @@ def test_maxpool_tie_with_padding_goes_to_first_real_maximum(backend):
     np.testing.assert_array_equal(dx, expected)
 
 
-def test_max_pool_backward_in_batch_blocks_is_exact(backend, monkeypatch):
+def test_max_pool_backward_in_batch_blocks_is_exact(backend):
     rng = np.random.default_rng(4)
     x = backend.asarray(np.round(rng.standard_normal((5, 3, 8, 8)) * 2) / 2)  # ties in many windows
     out, cache = ops.maxpool2d_forward(x, 2)
     grad = backend.asarray(rng.standard_normal(tuple(out.shape)))
     whole = host(ops.maxpool2d_backward(grad, cache))
-    monkeypatch.setattr(blocks, "CACHE_BLOCK_BYTES", 1)  # one image per block
-    np.testing.assert_array_equal(host(ops.maxpool2d_backward(grad, cache)), whole)
-    monkeypatch.setattr(blocks, "CACHE_BLOCK_BYTES", 2 * 3 * 8 * 8 * 8)  # blocks of 2, 2 and 1 (float64) or 4 + 1
-    np.testing.assert_array_equal(host(ops.maxpool2d_backward(grad, cache)), whole)
+    one_image = Blocks(cache_block_bytes=1)
+    np.testing.assert_array_equal(host(ops.maxpool2d_backward(grad, cache, one_image)), whole)
+    some = Blocks(cache_block_bytes=2 * 3 * 8 * 8 * 8)  # blocks of 2, 2 and 1 (float64) or 4 + 1
+    np.testing.assert_array_equal(host(ops.maxpool2d_backward(grad, cache, some)), whole)
 
 
 def test_fast_max_pool_sends_a_nan_windows_gradient_to_its_last_element():
@@ -151,11 +152,11 @@ CONV_CASES = [  # in, out, kernel, stride, padding, (H, W)
 ]
 
 
-def conv_run(x, w, b, s, p, grad, module=conv_fast, **kw):
+def conv_run(x, w, b, s, p, grad, module=conv_fast, blocks=None, **kw):
     """Forward and backward (with and without the input gradient): host arrays and the cache."""
-    out, cache = module.conv2d_forward(x, w, b, s, p, **kw)
-    dx, dw, db = module.conv2d_backward(grad, cache, need_input_grad=True)
-    none, dw2, db2 = module.conv2d_backward(grad, cache, need_input_grad=False)
+    out, cache = module.conv2d_forward(x, w, b, s, p, blocks=blocks, **kw)
+    dx, dw, db = module.conv2d_backward(grad, cache, need_input_grad=True, blocks=blocks)
+    none, dw2, db2 = module.conv2d_backward(grad, cache, need_input_grad=False, blocks=blocks)
     assert none is None
     return [host(a) for a in (out, dx, dw, db, dw2, db2)], cache
 
@@ -190,7 +191,7 @@ def test_fast_conv_matches_plain(backend, cin, cout, k, s, p, hw, algorithm, mod
     plain, _ = conv_run(x, w, b, s, p, grad, module=ops.conv)
     options = {"inference": mode.endswith("inference")}
     if mode.startswith("sliced"):
-        options["chunk_bytes"] = 1  # below one image: one image per slice
+        options["blocks"] = Blocks(conv_chunk_bytes=1)  # below one image: one image per slice
     fast, cache = conv_run(x, w, b, s, p, grad, algorithm=algorithm, **options)
     assert_close(fast, plain, backend)
     if algorithm != "auto":
@@ -214,18 +215,24 @@ def test_conv_batch_slices_match_whole_batch(backend, cin, cout, k, s, p, hw, im
     assert isinstance(cache, ops.ToeplitzCache) == (algorithm == "toeplitz")
     matrix = cache.rows if algorithm == "toeplitz" else cache.cols
     per_image = matrix.shape[0] * matrix.shape[1] // 7 * (8 if backend.dtype_name == "float64" else 4)
-    sliced, cache = conv_run(x, w, b, s, p, grad, chunk_bytes=per_image * images_per_slice, algorithm=algorithm)
+    sliced, cache = conv_run(x, w, b, s, p, grad, blocks=Blocks(conv_chunk_bytes=per_image * images_per_slice),
+                             algorithm=algorithm)
     assert cache.step == images_per_slice
     assert_close(sliced, whole, backend)
 
 
-def test_conv_chunk_constant_is_used(backend, monkeypatch):
-    x, w, b, grad = conv_inputs(backend, 1, 6, 5, 1, 2, (28, 28))
-    whole, _ = conv_run(x, w, b, 1, 2, grad)
-    monkeypatch.setattr(blocks, "CONV_CHUNK_BYTES", 1)  # below one image: one image per slice
-    sliced, cache = conv_run(x, w, b, 1, 2, grad)
-    assert cache.step == 1
-    assert_close(sliced, whole, backend)
+def test_the_devices_blocks_reach_the_layers(backend):
+    """A model's device says how its kernels slice the batch; a layer alone takes its library's default."""
+    x = backend.asarray(np.random.default_rng(0).standard_normal((7, 1, 28, 28)))
+    whole = cnnxp.Sequential([layers.Conv2D(1, 6, 5, padding=2, seed=0)], device=backend.device, dtype=backend.dtype_name)
+    sliced = cnnxp.Sequential([layers.Conv2D(1, 6, 5, padding=2, seed=0)],
+                              device=backend.device.with_blocks(conv_chunk_bytes=1), dtype=backend.dtype_name)
+    np.testing.assert_allclose(host(sliced(x)), host(whole(x)), rtol=backend.rtol * 10, atol=backend.rtol * 10)
+    assert isinstance(whole[0].cache, WHOLE) and isinstance(sliced[0].cache, SLICED) and sliced[0].cache.step == 1
+    expected = CPU_BLOCKS if backend.id.startswith("numpy") else WHOLE_BATCH
+    assert backend.device.blocks == expected == cnnxp.backend.blocks_for(x)
+    with sliced.device.activate():
+        assert cnnxp.backend.blocks_for(x).conv_chunk_bytes == 1
 
 
 @pytest.mark.parametrize("cin,cout,k,s,p,hw", [c for c in CONV_CASES if c[3] == 1])
@@ -235,7 +242,8 @@ def test_conv_flat_layout_matches_strided(backend, cin, cout, k, s, p, hw):
     assert type(cache.geometry) is conv_fast.StridedColumns
     flat, cache = conv_run(x, w, b, s, p, grad, algorithm="im2col", inference=True)
     assert type(cache.geometry) is conv_fast.FlatColumns and isinstance(cache, ops.Im2colCache)
-    flat_sliced, cache = conv_run(x, w, b, s, p, grad, algorithm="im2col", inference=True, chunk_bytes=1)
+    flat_sliced, cache = conv_run(x, w, b, s, p, grad, algorithm="im2col", inference=True,
+                                  blocks=Blocks(conv_chunk_bytes=1))
     assert type(cache.geometry) is conv_fast.FlatColumns and isinstance(cache, ops.SlicedIm2colCache)
     assert_close(flat, strided, backend)
     assert_close(flat_sliced, strided, backend)
@@ -255,13 +263,14 @@ def test_conv_layer_same_output_in_train_and_eval(backend):
     np.testing.assert_allclose(eval_out, train_out, rtol=backend.rtol * 10, atol=backend.rtol * 10)
 
 
-def test_conv_chunk_size():
-    assert ops.conv_chunk_size(100, 64, chunk_bytes=10_000) == 64
-    assert ops.conv_chunk_size(100, 600, chunk_bytes=10_000) == 100
-    assert ops.conv_chunk_size(100, 640, chunk_bytes=10_000) == 92  # 7 balanced slices, not 6 of 100 and 40
-    assert ops.conv_chunk_size(100, 101, chunk_bytes=10_000) == 51
-    assert ops.conv_chunk_size(10**9, 8, chunk_bytes=10) == 1
-    assert ops.conv_chunk_size(100, 0) == 1  # an empty batch: one (empty) piece
+def test_images_per_slice():
+    assert ops.images_per_slice(100, 64, 10_000) == 64
+    assert ops.images_per_slice(100, 600, 10_000) == 100
+    assert ops.images_per_slice(100, 640, 10_000) == 92  # 7 balanced slices, not 6 of 100 and 40
+    assert ops.images_per_slice(100, 101, 10_000) == 51
+    assert ops.images_per_slice(10**9, 8, 10) == 1
+    assert ops.images_per_slice(100, 0, 10) == 1  # an empty batch: one (empty) piece
+    assert ops.images_per_slice(10**9, 5000, None) == 5000  # no limit: the whole batch
 
 
 @pytest.mark.parametrize("cin,cout,k,s,p,hw", CONV_CASES)
@@ -335,23 +344,24 @@ def test_conv_algorithm_errors():
     assert repr(layers.Conv2D(1, 2, 3, algorithm="im2col")).endswith("algorithm='im2col')")
 
 
-@pytest.mark.parametrize(("algorithm", "constant"), [("toeplitz", "TOEPLITZ_BLOCK_BYTES"), ("im2col", "CONV_BLOCK_BYTES")])
-def test_inference_runs_in_blocks_of_the_set_size(backend, monkeypatch, algorithm, constant):
+@pytest.mark.parametrize(("algorithm", "size"), [("toeplitz", "toeplitz_block_bytes"), ("im2col", "conv_block_bytes")])
+def test_inference_runs_in_blocks_of_the_set_size(backend, algorithm, size):
     x, w, b, grad = conv_inputs(backend, 1, 6, 5, 1, 2, (28, 28))
     whole, _ = conv_run(x, w, b, 1, 2, grad, algorithm=algorithm)
-    monkeypatch.setattr(blocks, constant, 1)  # below one image: one image per slice
-    blocked, cache = conv_run(x, w, b, 1, 2, grad, algorithm=algorithm, inference=True)
+    one_image = Blocks(**{size: 1})  # below one image: one image per slice
+    blocked, cache = conv_run(x, w, b, 1, 2, grad, algorithm=algorithm, inference=True, blocks=one_image)
     assert cache.step == 1
     assert_close(blocked, whole, backend)
-    _, cache = ops.conv2d_forward(x, w, b, 1, 2, algorithm=algorithm)  # training: the whole batch
+    _, cache = ops.conv2d_forward(x, w, b, 1, 2, algorithm=algorithm, blocks=one_image)  # training: whole batch
     assert isinstance(cache, WHOLE)
+    _, cache = ops.conv2d_forward(x, w, b, 1, 2, algorithm=algorithm, inference=True, blocks=CPU_BLOCKS)
+    assert isinstance(cache, WHOLE)  # 7 small images fit one CPU block
 
 
-def test_toeplitz_input_gradient_in_batch_blocks_matches(backend, monkeypatch):
+def test_toeplitz_input_gradient_in_batch_blocks_matches(backend):
     x, w, b, grad = conv_inputs(backend, 6, 16, 5, 1, 0, (14, 14))
     whole, _ = conv_run(x, w, b, 1, 0, grad, algorithm="toeplitz")
-    monkeypatch.setattr(blocks, "CACHE_BLOCK_BYTES", 1)  # one image per block of row additions
-    blocked, _ = conv_run(x, w, b, 1, 0, grad, algorithm="toeplitz")
+    blocked, _ = conv_run(x, w, b, 1, 0, grad, algorithm="toeplitz", blocks=Blocks(cache_block_bytes=1))
     for got, want in zip(blocked, whole, strict=True):
         np.testing.assert_array_equal(got, want)  # the same additions in the same order
 
@@ -382,18 +392,32 @@ def test_layers_run_the_plain_kernels_when_swapped_in(backend, monkeypatch, make
 
 
 @pytest.mark.parametrize("cls", [layers.MaxPool2D, layers.AvgPool2D])
-def test_pool_layers_with_plain_kernels_match_exactly(backend, monkeypatch, cls):
+@pytest.mark.parametrize("geometry", [(3, 2, 1), (2, 3, 1)], ids=["overlapping", "disjoint-padded"])
+def test_pool_layers_with_plain_kernels_match_exactly(backend, monkeypatch, cls, geometry):
+    k, s, p = geometry
     x = backend.asarray(pool_inputs("ties", (9, 8)))
-    g = backend.asarray(np.random.default_rng(7).standard_normal((3, 2, 5, 4)))
     results = []
     for kernels in (pool_fast, ops.pool):
         monkeypatch.setattr(pool_layer, "kernels", kernels)
-        layer = cls(3, stride=2, padding=1)  # overlapping windows
-        results.append((host(layer(x)), host(layer.backward(g)), type(layer.cache)))
-    (out_f, dx_f, _), (out_p, dx_p, plain_cache) = results
+        layer = cls(k, stride=s, padding=p)
+        out = layer(x)
+        g = backend.asarray(np.random.default_rng(7).standard_normal(tuple(out.shape)))
+        results.append((host(out), host(layer.backward(g)), type(layer.cache)))
+    (out_f, dx_f, fast_cache), (out_p, dx_p, plain_cache) = results
     assert plain_cache in (ops.MaxPoolCache, ops.AvgPoolCache)
+    if cls is layers.MaxPool2D and s >= k:
+        assert fast_cache is ops.SeparableMaxPoolCache  # the fast path really ran
     np.testing.assert_array_equal(out_f, out_p)
     np.testing.assert_array_equal(dx_f, dx_p)
+
+
+def test_overlapping_max_pool_gradient_is_stored_channels_first():
+    """The stacked path's gradient is stored (C, N, H, W), the order an im2col convolution below reads."""
+    x = np.random.default_rng(0).standard_normal((4, 3, 9, 9))
+    out, cache = pool_fast.maxpool2d_forward(x, 3, 2, 1)
+    assert isinstance(cache, ops.MaxPoolCache)
+    dx = pool_fast.maxpool2d_backward(np.ones_like(out), cache)
+    assert dx.strides[1] > dx.strides[0] > dx.strides[2] > dx.strides[3]  # channels outermost, then images
 
 
 def test_a_backward_given_another_kernels_cache_says_so():

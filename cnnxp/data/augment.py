@@ -16,7 +16,7 @@ from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
 from .._checks import check_int, check_real
-from ..backend import array_device, to_device
+from ..backend import array_device, on_device_of, to_device
 
 __all__ = ["RandomShift", "RandomAffine", "parse_augment"]
 
@@ -50,6 +50,10 @@ class RandomShift:
         self.pixels = check_int(pixels, "RandomShift", "pixels", least=0)
 
     def __call__(self, images, rng: np.random.Generator):
+        with on_device_of(images):  # CuPy allocates on the current GPU: make it the images' one
+            return self._shift(images, rng)
+
+    def _shift(self, images, rng: np.random.Generator):
         s = self.pixels
         if s == 0:
             return images
@@ -103,6 +107,10 @@ class RandomAffine:
         self.scale = check_real(scale, "RandomAffine", "scale", 0.0, 1.0, high_open=True)
 
     def __call__(self, images, rng: np.random.Generator):
+        with on_device_of(images):  # CuPy allocates on the current GPU: make it the images' one
+            return self._warp(images, rng)
+
+    def _warp(self, images, rng: np.random.Generator):
         xp = array_namespace(images)
         n, c, h, w = images.shape
         angle = np.deg2rad(rng.uniform(-self.degrees, self.degrees, n))

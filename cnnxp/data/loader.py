@@ -144,14 +144,17 @@ class DataLoader:
         return self._batches(order)
 
     def _batches(self, order: np.ndarray | None) -> Iterator[tuple[Any, Any]]:
+        # Each batch is made inside the device's context (CuPy allocates on the current GPU,
+        # whatever device= says), and the context is left before the batch is handed out.
+        # The epoch's order crosses to the device once, not once per batch.
+        with self.device.activate():
+            order = None if order is None else to_device(order, self.device)
         for b in range(len(self)):
-            # Each batch is made inside the device's context (CuPy allocates on the current GPU,
-            # whatever device= says), and the context is left before the batch is handed out.
             with self.device.activate():
                 batch = self._batch(b, order)
             yield batch
 
-    def _batch(self, b: int, order: np.ndarray | None) -> tuple[Any, Any]:
+    def _batch(self, b: int, order) -> tuple[Any, Any]:
         xp = self.device.xp
         start = b * self.batch_size
         stop = min(start + self.batch_size, self.num_samples)
@@ -159,7 +162,7 @@ class DataLoader:
             images = self._images[start:stop, ...]
             labels = self._labels[start:stop]
         else:
-            index = to_device(order[start:stop], self.device)
+            index = order[start:stop]
             images = xp.take(self._images, index, axis=0)
             labels = xp.take(self._labels, index, axis=0)
         # Cast before any arithmetic: uint8 would wrap.

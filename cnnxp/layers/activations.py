@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 from array_api_compat import array_namespace
-from array_api_compat import device as device_of
 
 from .. import ops
 from .base import Layer
@@ -20,8 +19,7 @@ class ReLU(Layer):
     """
 
     def forward(self, x):
-        xp = array_namespace(x)
-        out = xp.maximum(x, xp.zeros((), dtype=x.dtype, device=device_of(x)))
+        out = array_namespace(x).maximum(x, 0.0)  # a Python scalar keeps x's dtype (the standard, 2024.12)
         self.cache = out
         return out
 

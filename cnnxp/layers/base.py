@@ -106,12 +106,13 @@ class Layer:
     def to(self, device: Any, xp=None, dtype: Any = None) -> Layer:
         """Move parameters and buffers to ``device`` (and cast them to ``dtype`` if given), in place."""
         dev = get_device(device, xp)
-        for store in (self.params, self.buffers):
-            for key, value in store.items():
-                value = to_device(value, dev)
-                if dtype is not None:
-                    value = dev.xp.astype(value, float_dtype(dev.xp, dtype))
-                store[key] = value
+        with dev.activate():  # the cast allocates on the current GPU, so that must be this device
+            for store in (self.params, self.buffers):
+                for key, value in store.items():
+                    value = to_device(value, dev)
+                    if dtype is not None:
+                        value = dev.xp.astype(value, float_dtype(dev.xp, dtype))
+                    store[key] = value
         self.grads = {}
         self.cache = None
         return self

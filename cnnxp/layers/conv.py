@@ -6,6 +6,7 @@ import numpy as np  # host-side initialisation only
 
 from .. import ops
 from .._checks import check_choice, check_int, check_pair
+from ..backend import blocks_for
 
 # The fast twin of ops/conv.py; swap in `from ..ops import conv as kernels` to run the plain kernels.
 from ..ops import conv_fast as kernels
@@ -68,17 +69,17 @@ class Conv2D(Layer):
     def forward(self, x):
         hint = "add batch and channel axes" if getattr(x, "ndim", 0) in (2, 3) else ""
         self._check_input(x, f"(N, {self.in_channels}, H, W)", self.in_channels, "in_channels", hint)
-        # Training: the whole batch, its columns (or rows) kept for backward. Inference: cache-sized
-        # slices of the batch, and im2col's flat layout (docs/performance.md).
+        # Training: the whole batch, its columns (or rows) kept for backward. Inference: im2col's
+        # flat layout, and on a CPU cache-sized slices of the batch (the device's blocks).
         out, self.cache = kernels.conv2d_forward(
             x, self.params["weight"], self.params.get("bias"), self.stride, self.padding,
-            algorithm=self.algorithm, inference=not self.training,
+            algorithm=self.algorithm, inference=not self.training, blocks=blocks_for(x),
         )
         return out
 
     def backward(self, grad_out, need_input_grad=True):
         self._need_cache()
-        grad_in, grad_w, grad_b = kernels.conv2d_backward(grad_out, self.cache, need_input_grad)
+        grad_in, grad_w, grad_b = kernels.conv2d_backward(grad_out, self.cache, need_input_grad, blocks_for(grad_out))
         self.grads["weight"] = grad_w
         if "bias" in self.params:
             self.grads["bias"] = grad_b

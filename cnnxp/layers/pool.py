@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .. import ops
 from .._checks import check_pair
+from ..backend import blocks_for
 
 # The fast twin of ops/pool.py; swap in `from ..ops import pool as kernels` to run the plain kernels.
 from ..ops import pool_fast as kernels
@@ -51,7 +52,7 @@ class MaxPool2D(_Pool2D):
 
     def backward(self, grad_out, need_input_grad=True):
         self._need_cache()
-        return kernels.maxpool2d_backward(grad_out, self.cache)
+        return kernels.maxpool2d_backward(grad_out, self.cache, blocks_for(grad_out))
 
 
 class AvgPool2D(_Pool2D):

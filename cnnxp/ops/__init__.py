@@ -19,8 +19,8 @@ in one import line each): the same results, to rounding for the convolution and 
   for inference, and ``algorithm="auto"``, the choice between im2col and the algorithm of
 - `conv_toeplitz`: the convolution as rows against a Toeplitz matrix of the weights;
 - `pool_fast`: max pooling by a separable pairwise maximum, its gradient by a first-maximum walk;
-- `blocks`: the cache-block sizes the fast modules read (set them there, e.g.
-  ``cnnxp.ops.blocks.CONV_CHUNK_BYTES = ...``: they are deliberately not re-exported here).
+- `blocks`: how a device slices the batch for the fast kernels (`Blocks`: cache-sized slices
+  on a CPU, the whole batch on a GPU), passed to them as ``blocks=`` by the layers.
 
 This package re-exports the fast entry points under the plain names (``cnnxp.ops.conv2d_forward``
 is `conv_fast.conv2d_forward`). ``cnnxp.ops.softmax`` is the function, which hides the module of
@@ -28,7 +28,7 @@ that name: import from the module with ``from cnnxp.ops.softmax import ...``.
 """
 
 from . import blocks, conv, conv_fast, conv_toeplitz, pool, pool_fast
-from .blocks import conv_chunk_size
+from .blocks import Blocks, images_per_slice
 from .conv import ConvCache, col2im, conv_output_size, im2col, pad2d, window_slices
 from .conv_fast import (
     CONV_ALGORITHMS,
@@ -61,7 +61,8 @@ __all__ = [
     "window_slices",
     "im2col",
     "col2im",
-    "conv_chunk_size",
+    "Blocks",
+    "images_per_slice",
     "CONV_ALGORITHMS",
     "TOEPLITZ_MAX_WORK",
     "toeplitz_weight",

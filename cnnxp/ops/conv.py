@@ -20,6 +20,7 @@ from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
 from .._checks import check_pair
+from ._device import on_input_device
 
 __all__ = [
     "conv_output_size",
@@ -38,8 +39,8 @@ __all__ = [
 def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
     """Output length along one axis: ``(size - kernel + 2 * padding) // stride + 1``.
 
-    Raises ValueError for stride < 1, negative padding, kernel < 1, or a kernel
-    larger than the padded input; TypeError for a size that is not an int.
+    Raises ValueError for stride < 1, negative padding, kernel < 1, or a kernel larger than
+    the padded input; TypeError for a stride, padding or kernel that is not an int.
     """
     # Ints here, checked by check_pair all the same, so that the rules read as the layers' do.
     check_pair(stride, "", "stride", least=1)
@@ -53,6 +54,7 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size - kernel + 2 * padding) // stride + 1
 
 
+@on_input_device
 def pad2d(x, padding: tuple[int, int], value: float = 0.0):
     """Pad the last two axes of ``x`` by ``padding = (ph, pw)`` on both sides with ``value``."""
     ph, pw = padding
@@ -85,6 +87,7 @@ def window_slices(kernel: tuple[int, int], stride: tuple[int, int], out_size: tu
     ]
 
 
+@on_input_device
 def im2col(x_cnhw, kernel, stride, out_size):
     """Columns ``(C*kh*kw, N*out_h*out_w)`` of a padded channels-first batch ``(C, N, Hp, Wp)``."""
     xp = array_namespace(x_cnhw)
@@ -94,6 +97,7 @@ def im2col(x_cnhw, kernel, stride, out_size):
     return xp.reshape(cols, (c * len(slices), n * out_size[0] * out_size[1]))
 
 
+@on_input_device
 def col2im(cols, padded_shape, kernel, stride, out_size):
     """Adjoint of `im2col`: add each column entry back to the input position it came from.
 
@@ -141,7 +145,8 @@ class ConvCache(NamedTuple):
     out_size: tuple
 
 
-def conv2d_forward(x, weight, bias=None, stride=1, padding=0, *, algorithm="auto", inference=False):
+@on_input_device
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, *, algorithm="auto", inference=False, blocks=None):
     """2-D cross-correlation, as ``torch.nn.functional.conv2d``: ``(out, cache)``.
 
     Parameters
@@ -150,7 +155,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, *, algorithm="auto
     weight : array (O, C, kh, kw)
     bias : array (O,) or None
     stride, padding : int or (int, int)
-    algorithm, inference
+    algorithm, inference, blocks
         Ignored: the fast twin's speed options (`conv_fast.conv2d_forward`), taken so that the
         two modules are interchangeable behind Conv2D; this module has one algorithm.
 
@@ -172,11 +177,12 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, *, algorithm="auto
     return out, ConvCache(cols, weight, tuple(x_padded.shape), stride, padding, out_size)
 
 
-def conv2d_backward(grad_out, cache: ConvCache, need_input_grad=True):
+@on_input_device
+def conv2d_backward(grad_out, cache: ConvCache, need_input_grad=True, blocks=None):
     """Gradients of `conv2d_forward`: ``(grad_in, grad_weight, grad_bias)``.
 
     ``grad_in`` is None when ``need_input_grad`` is False (the first layer of a network:
-    nothing upstream needs it).
+    nothing upstream needs it). ``blocks`` is ignored, as in the forward.
     """
     xp = array_namespace(grad_out)
     o, c, kh, kw = cache.weight.shape

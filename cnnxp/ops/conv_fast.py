@@ -24,11 +24,12 @@ im2col, made fast
 - Training runs the whole batch: the columns are kept for the weight gradient, and the input
   gradient comes from a batch-last col2im (`col2im_fast`), whose slice-additions move long
   contiguous runs.
-- Batches whose columns would exceed `blocks.CONV_CHUNK_BYTES` run in slices of the batch,
+- Batches whose columns would exceed ``blocks.conv_chunk_bytes`` run in slices of the batch,
   keep the padded input instead of the columns, and rebuild each slice's columns in backward.
-- ``inference=True`` (Conv2D in eval mode) runs in cache-sized slices (`blocks.CONV_BLOCK_BYTES`,
-  `blocks.TOEPLITZ_BLOCK_BYTES`) and, at stride 1, cuts im2col's columns from flattened rows
-  (`FlatColumns`): longer contiguous copies, a slightly wider matrix.
+- ``inference=True`` (Conv2D in eval mode) runs in cache-sized slices where the device asks for
+  them (``blocks.conv_block_bytes``, ``blocks.toeplitz_block_bytes``: on a CPU) and, at stride 1,
+  cuts im2col's columns from flattened rows (`FlatColumns`): longer contiguous copies, a
+  slightly wider matrix.
 - Windows that tile the input write their gradient into an uninitialised buffer; windows that
   do not overlap write instead of adding.
 """
@@ -42,8 +43,8 @@ from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
 from .._checks import check_choice
-from . import blocks
-from .blocks import images_per_slice
+from ._device import on_input_device
+from .blocks import Blocks, images_per_slice
 from .conv import conv_geometry, im2col, pad2d, window_slices
 from .conv_toeplitz import SlicedToeplitzCache, ToeplitzCache, toeplitz_backward, toeplitz_forward
 
@@ -96,6 +97,7 @@ def windows_tile(padded_size, kernel, stride, out_size) -> bool:
             and kernel[0] * out_size[0] == padded_size[0] and kernel[1] * out_size[1] == padded_size[1])
 
 
+@on_input_device
 def col2im_fast(cols, padded_shape, kernel, stride, out_size, batch_last=False):
     """`conv.col2im`, with the same additions in the same order, faster.
 
@@ -253,8 +255,9 @@ class SlicedIm2colCache(NamedTuple):
     geometry: StridedColumns
 
 
+@on_input_device
 def conv2d_forward(x, weight, bias=None, stride=1, padding=0, *, algorithm="auto", inference=False,
-                   chunk_bytes=None):
+                   blocks: Blocks | None = None):
     """2-D cross-correlation, as ``torch.nn.functional.conv2d``; `conv.conv2d_forward`, faster.
 
     Parameters
@@ -268,12 +271,12 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, *, algorithm="auto
         ``Wp / kw`` times the arithmetic. ``auto`` picks Toeplitz where that trade pays
         (`TOEPLITZ_MAX_WORK`). All give the same result to rounding.
     inference : bool
-        Speed over what backward needs: cache-sized slices of the batch
-        (`blocks.TOEPLITZ_BLOCK_BYTES` or `blocks.CONV_BLOCK_BYTES`) and, for im2col at stride 1,
-        the flat-row columns (`FlatColumns`). The result can still be back-propagated, slower.
-    chunk_bytes : int, optional
-        Bound on the column (rows) matrix; defaults to `blocks.CONV_CHUNK_BYTES`. Larger
-        batches are convolved in slices of the batch.
+        Speed over what backward needs: slices of ``blocks.toeplitz_block_bytes`` or
+        ``blocks.conv_block_bytes`` and, for im2col at stride 1, the flat-row columns
+        (`FlatColumns`). The result can still be back-propagated, slower.
+    blocks : `Blocks`, optional
+        How the device slices the batch (``blocks.conv_chunk_bytes`` bounds the column or rows
+        matrix in every mode); None: the whole batch in one product.
 
     Returns
     -------
@@ -283,30 +286,32 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, *, algorithm="auto
     stride, padding, out_size = conv_geometry(x, weight, stride, padding)
     algorithm = choose_algorithm(check_choice(algorithm, "", "algorithm", CONV_ALGORITHMS), weight.shape,
                                  x.shape[3] + 2 * padding[1])
-    limit = blocks.CONV_CHUNK_BYTES if chunk_bytes is None else int(chunk_bytes)
-    if algorithm == "toeplitz":
-        if inference:
-            limit = min(limit, blocks.TOEPLITZ_BLOCK_BYTES)
-        return toeplitz_forward(x, weight, bias, stride, padding, out_size, limit)
+    blocks = Blocks() if blocks is None else blocks
+    limit = blocks.conv_chunk_bytes
     if inference:
-        limit = min(limit, blocks.CONV_BLOCK_BYTES)
+        block = blocks.toeplitz_block_bytes if algorithm == "toeplitz" else blocks.conv_block_bytes
+        limit = block if limit is None else limit if block is None else min(limit, block)
+    if algorithm == "toeplitz":
+        return toeplitz_forward(x, weight, bias, stride, padding, out_size, limit)
     layout = FlatColumns if inference and stride == (1, 1) else StridedColumns
-    return _im2col_forward(x, weight, bias, layout(tuple(x.shape[2:]), tuple(weight.shape[2:]), stride, padding, out_size),
-                           limit)
+    geometry = layout(tuple(x.shape[2:]), tuple(weight.shape[2:]), stride, padding, out_size)
+    return _im2col_forward(x, weight, bias, geometry, limit)
 
 
-def conv2d_backward(grad_out, cache, need_input_grad=True):
+@on_input_device
+def conv2d_backward(grad_out, cache, need_input_grad=True, blocks: Blocks | None = None):
     """Gradients of `conv2d_forward`: ``(grad_in, grad_weight, grad_bias)``, by the cache's type.
 
     ``grad_in`` is None when ``need_input_grad`` is False (the first layer of a network:
-    nothing upstream needs it, and col2im is most of the backward time).
+    nothing upstream needs it, and col2im is most of the backward time). ``blocks``: as for
+    the forward (the Toeplitz input gradient's row additions use ``cache_block_bytes``).
     """
     if isinstance(cache, Im2colCache):
         return _im2col_backward(grad_out, cache, need_input_grad)
     if isinstance(cache, SlicedIm2colCache):
         return _sliced_im2col_backward(grad_out, cache, need_input_grad)
     if isinstance(cache, (ToeplitzCache, SlicedToeplitzCache)):
-        return toeplitz_backward(grad_out, cache, need_input_grad)
+        return toeplitz_backward(grad_out, cache, need_input_grad, blocks)
     raise TypeError(f"conv2d_backward expected a cache from conv_fast.conv2d_forward, got {type(cache).__name__}")
 
 

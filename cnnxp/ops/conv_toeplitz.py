@@ -16,13 +16,14 @@ convolution reads its input, and this one its gradient, without a copy.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
-from . import blocks
-from .blocks import images_per_slice
+from ._device import on_input_device
+from .blocks import Blocks, images_per_slice
 
 __all__ = [
     "toeplitz_weight",
@@ -35,30 +36,35 @@ __all__ = [
 ]
 
 
+@functools.lru_cache(maxsize=64)
 def _toeplitz_selector(xp, dtype, device, padded_width: int, out_width: int, stride_w: int, kw: int):
-    """``S[(w, x), j] = 1`` where input column ``w`` is kernel column ``j`` of output column ``x``."""
+    """``(S, S.T)`` with ``S[(w, x), j] = 1`` where input column ``w`` is kernel column ``j`` of output
+    column ``x``. It depends only on the shapes, so it is made once per shape, dtype and device."""
     w = xp.reshape(xp.arange(padded_width, device=device), (padded_width, 1, 1))
     x = xp.reshape(xp.arange(out_width, device=device), (1, out_width, 1))
     j = xp.reshape(xp.arange(kw, device=device), (1, 1, kw))
-    return xp.reshape(xp.astype(w == x * stride_w + j, dtype), (padded_width * out_width, kw))
+    sel = xp.reshape(xp.astype(w == x * stride_w + j, dtype), (padded_width * out_width, kw))
+    return sel, xp.asarray(xp.matrix_transpose(sel), copy=True)
 
 
+@on_input_device
 def toeplitz_weight(weight, padded_width: int, out_width: int, stride_w: int):
     """The weight as a ``(kh*C*Wp, O*out_w)`` matrix: row ``(i, c, w)``, column ``(o, x)`` holds
     ``weight[o, c, i, w - x*stride_w]`` where that offset lies in the kernel, else 0.
 
-    Built without index arrays: each kernel row is written at the start of a row of length
-    ``Wp + stride_w``; read back ``Wp`` at a time, row ``x`` then starts ``x * stride_w`` later.
+    One small product places every kernel row: ``(kh*C*O, kw) @ S.T``, with the 0/1 selector
+    ``S[(w, x), j]`` (`_toeplitz_selector`), exact since each entry takes one weight times 1.
     """
     xp = array_namespace(weight)
     o, c, kh, kw = weight.shape
-    wp, ow, sw = padded_width, out_width, stride_w
-    base = xp.zeros((kh, c, o, ow, wp + sw), dtype=weight.dtype, device=device_of(weight))
-    base[:, :, :, :, :kw] = xp.permute_dims(weight, (2, 1, 0, 3))[:, :, :, None, :]
-    rows = xp.reshape(xp.reshape(base, (kh, c, o, ow * (wp + sw)))[:, :, :, : ow * wp], (kh, c, o, ow, wp))
-    return xp.reshape(xp.permute_dims(rows, (0, 1, 4, 2, 3)), (kh * c * wp, o * ow))
+    wp, ow = padded_width, out_width
+    _, sel_t = _toeplitz_selector(xp, weight.dtype, device_of(weight), wp, ow, stride_w, kw)
+    per_kernel_row = xp.reshape(xp.permute_dims(weight, (2, 1, 0, 3)), (kh * c * o, kw)) @ sel_t
+    placed = xp.permute_dims(xp.reshape(per_kernel_row, (kh, c, o, wp, ow)), (0, 1, 3, 2, 4))  # (kh, c, wp, o, ow)
+    return xp.reshape(placed, (kh * c * wp, o * ow))
 
 
+@on_input_device
 def toeplitz_weight_grad(grad_t, weight_shape, padded_width: int, out_width: int, stride_w: int):
     """Adjoint of `toeplitz_weight`: sum each kernel offset's entries of a ``(kh*C*Wp, O*out_w)`` gradient.
 
@@ -68,7 +74,7 @@ def toeplitz_weight_grad(grad_t, weight_shape, padded_width: int, out_width: int
     xp = array_namespace(grad_t)
     o, c, kh, kw = weight_shape
     wp, ow = padded_width, out_width
-    sel = _toeplitz_selector(xp, grad_t.dtype, device_of(grad_t), wp, ow, stride_w, kw)
+    sel, _ = _toeplitz_selector(xp, grad_t.dtype, device_of(grad_t), wp, ow, stride_w, kw)
     per_kernel_row = xp.permute_dims(xp.reshape(grad_t, (kh, c, wp, o, ow)), (0, 1, 3, 2, 4))  # (kh, c, o, wp, ow)
     taps = xp.reshape(xp.reshape(per_kernel_row, (kh * c * o, wp * ow)) @ sel, (kh, c, o, kw))
     return xp.permute_dims(taps, (2, 1, 0, 3))
@@ -133,6 +139,7 @@ class SlicedToeplitzCache(NamedTuple):
     geometry: ToeplitzGeometry
 
 
+@on_input_device
 def toeplitz_forward(x, weight, bias, stride, padding, out_size, chunk_bytes):
     """Convolution as one product: rows of the padded input against `toeplitz_weight`.
 
@@ -175,11 +182,13 @@ def toeplitz_forward(x, weight, bias, stride, padding, out_size, chunk_bytes):
     return xp.permute_dims(out, (0, 2, 1, 3)), cache
 
 
-def toeplitz_backward(grad_out, cache, need_input_grad=True, block_bytes=None):
+@on_input_device
+def toeplitz_backward(grad_out, cache, need_input_grad=True, blocks: Blocks | None = None):
     """Gradients of `toeplitz_forward`: ``(grad_in or None, grad_weight, grad_bias)``.
 
-    The input gradient's row additions run over slices of the batch of at most ``block_bytes``
-    (default `blocks.CACHE_BLOCK_BYTES`), so each slice stays in cache between its ``kh`` passes.
+    The input gradient's row additions run over slices of the batch of at most
+    ``blocks.cache_block_bytes`` (None: the whole batch), so on a CPU each slice stays in cache
+    between its ``kh`` passes.
     """
     xp = array_namespace(grad_out)
     geo = cache.geometry
@@ -189,8 +198,7 @@ def toeplitz_backward(grad_out, cache, need_input_grad=True, block_bytes=None):
     g = xp.reshape(xp.permute_dims(grad_out, (0, 2, 1, 3)), (n * oh, o * ow))
     dsrc = xp.zeros((n, hp, c, ws), dtype=grad_out.dtype, device=device_of(grad_out)) if need_input_grad else None
     if isinstance(cache, ToeplitzCache):
-        block_bytes = blocks.CACHE_BLOCK_BYTES if block_bytes is None else block_bytes
-        grad_t = _whole_batch_grads(g, cache, dsrc, block_bytes)
+        grad_t = _whole_batch_grads(g, cache, dsrc, None if blocks is None else blocks.cache_block_bytes)
     else:
         grad_t = _sliced_grads(g, cache, dsrc)
     grad_weight = toeplitz_weight_grad(grad_t, geo.weight_shape, ws, ow, geo.stride[1])
@@ -213,9 +221,12 @@ def _whole_batch_grads(g, cache: ToeplitzCache, dsrc, block_bytes):
     if dsrc is not None:
         d_rows = g @ xp.matrix_transpose(cache.weight_matrix)
         block = images_per_slice(hp * c * ws * (xp.finfo(g.dtype).bits // 8), n, block_bytes)
-        for start in range(0, n, block):
-            stop = min(n, start + block)
-            _add_rows(dsrc[start:stop, ...], d_rows[start * oh : stop * oh, ...], kh, sh, oh)
+        if block >= n:
+            _add_rows(dsrc, d_rows, kh, sh, oh)
+        else:
+            for start in range(0, n, block):
+                stop = min(n, start + block)
+                _add_rows(dsrc[start:stop, ...], d_rows[start * oh : stop * oh, ...], kh, sh, oh)
     return grad_t
 
 

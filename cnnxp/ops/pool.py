@@ -17,6 +17,7 @@ from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
 from .._checks import check_pair
+from ._device import on_input_device
 from .conv import conv_output_size, pad2d, unpad2d, window_slices
 
 __all__ = [
@@ -30,6 +31,11 @@ __all__ = [
     "avgpool2d_forward",
     "avgpool2d_backward",
 ]
+
+
+def _check_cache(cache, kind, where: str) -> None:
+    if not isinstance(cache, kind):
+        raise TypeError(f"{where} expected a {kind.__name__} from its forward, got {type(cache).__name__}")
 
 
 def check_pool_padding(padding: tuple[int, int], kernel: tuple[int, int], owner: str = "") -> None:
@@ -73,6 +79,7 @@ class MaxPoolCache(NamedTuple):
     geometry: PoolGeometry
 
 
+@on_input_device
 def maxpool2d_forward(x, kernel_size, stride=None, padding=0):
     """Max pooling, as ``torch.nn.functional.max_pool2d``: ``(out, MaxPoolCache)``.
 
@@ -95,8 +102,13 @@ def maxpool2d_forward(x, kernel_size, stride=None, padding=0):
     return out, MaxPoolCache(argmax, geo)
 
 
-def maxpool2d_backward(grad_out, cache: MaxPoolCache):
-    """Gradient of `maxpool2d_forward`: each output's gradient goes to its window's first maximum."""
+@on_input_device
+def maxpool2d_backward(grad_out, cache: MaxPoolCache, blocks=None):
+    """Gradient of `maxpool2d_forward`: each output's gradient goes to its window's first maximum.
+
+    ``blocks`` is ignored (the fast twin's batch slicing, `pool_fast.maxpool2d_backward`).
+    """
+    _check_cache(cache, MaxPoolCache, "maxpool2d_backward")
     xp = array_namespace(grad_out)
     geo = cache.geometry
     dx = xp.zeros(geo.padded_shape, dtype=grad_out.dtype, device=device_of(grad_out))
@@ -109,6 +121,7 @@ class AvgPoolCache(NamedTuple):
     geometry: PoolGeometry
 
 
+@on_input_device
 def avgpool2d_forward(x, kernel_size, stride=None, padding=0):
     """Average pooling, as ``torch.nn.functional.avg_pool2d`` (zero padding counted in the mean)."""
     geo = pool_geometry(x, kernel_size, stride, padding)
@@ -120,8 +133,10 @@ def avgpool2d_forward(x, kernel_size, stride=None, padding=0):
     return total / float(len(slices)), AvgPoolCache(geo)
 
 
+@on_input_device
 def avgpool2d_backward(grad_out, cache: AvgPoolCache):
     """Gradient of `avgpool2d_forward`: each window's inputs share its gradient equally."""
+    _check_cache(cache, AvgPoolCache, "avgpool2d_backward")
     xp = array_namespace(grad_out)
     geo = cache.geometry
     share = grad_out / float(len(geo.slices()))

@@ -6,7 +6,7 @@ Each trick here is tested against the plain `pool` module, which gives identical
   kernel's rows (strided slices of the padded input), then over its columns. Nothing is kept
   but the padded input and the output; backward finds each window's first maximum again by
   walking the window in row-major order (`_first_max_backward`), in cache-sized slices of the
-  batch (`blocks.CACHE_BLOCK_BYTES`). This is much cheaper than an ``argmax`` over stacked
+  batch on a CPU (``Blocks.cache_block_bytes``). This is much cheaper than an ``argmax`` over stacked
   windows, and gives the same gradient, ties included. `maxpool2d_forward` takes it for windows
   that do not overlap (stride >= kernel, the usual ``MaxPool2D(2)``) and the plain stacked path
   otherwise; `maxpool2d_separable_forward` takes it always.
@@ -28,8 +28,9 @@ from typing import Any, NamedTuple
 from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
-from . import blocks, pool
-from .blocks import images_per_slice
+from . import pool
+from ._device import on_input_device
+from .blocks import Blocks, images_per_slice
 from .conv import pad2d, unpad2d
 from .conv_fast import windows_disjoint, windows_tile
 from .pool import AvgPoolCache, MaxPoolCache, PoolGeometry, avgpool2d_forward, pool_geometry
@@ -45,11 +46,16 @@ __all__ = [
 
 
 class SeparableMaxPoolCache(NamedTuple):
-    padded: Any  # the input with its padding set to NaN (`_padding_equals_nothing`); x itself without padding
-    out: Any  # the maxima (N, C, out_h, out_w)
+    """What the first-maximum walk searches: ``searched`` is the input as the windows see it (the
+    padded input with its padding set to NaN, `_padding_equals_nothing`, or the input itself when
+    there is no padding), ``out`` the maxima (N, C, out_h, out_w)."""
+
+    searched: Any
+    out: Any
     geometry: PoolGeometry
 
 
+@on_input_device
 def maxpool2d_forward(x, kernel_size, stride=None, padding=0):
     """Max pooling, as `pool.maxpool2d_forward`: separable when windows do not overlap, else stacked.
 
@@ -61,23 +67,24 @@ def maxpool2d_forward(x, kernel_size, stride=None, padding=0):
     return pool.maxpool2d_forward(x, kernel_size, stride, padding)
 
 
+@on_input_device
 def maxpool2d_separable_forward(x, kernel_size, stride=None, padding=0):
     """Max pooling by the separable maximum, whatever the windows (overlapping ones too)."""
     return _separable_forward(x, pool_geometry(x, kernel_size, stride, padding))
 
 
-def maxpool2d_backward(grad_out, cache, block_bytes=None):
+@on_input_device
+def maxpool2d_backward(grad_out, cache, blocks: Blocks | None = None):
     """Gradient of `maxpool2d_forward`: each output's gradient goes to its window's first maximum.
 
-    The separable path's walk runs over slices of the batch of at most ``block_bytes`` (default
-    `blocks.CACHE_BLOCK_BYTES`).
+    The separable path's walk runs over slices of the batch of at most ``blocks.cache_block_bytes``
+    (None, or no ``blocks``: the whole batch at once).
     """
     if isinstance(cache, MaxPoolCache):
-        return pool.maxpool2d_backward(grad_out, cache)
+        return _stacked_backward(grad_out, cache)
     if not isinstance(cache, SeparableMaxPoolCache):
         raise TypeError(f"maxpool2d_backward expected a cache from maxpool2d_forward, got {type(cache).__name__}")
-    block_bytes = blocks.CACHE_BLOCK_BYTES if block_bytes is None else block_bytes
-    return _first_max_backward(grad_out, cache, block_bytes)
+    return _first_max_backward(grad_out, cache, None if blocks is None else blocks.cache_block_bytes)
 
 
 def _separable_forward(x, geo: PoolGeometry):
@@ -123,33 +130,54 @@ def _first_max_backward(grad_out, cache: SeparableMaxPoolCache, block_bytes):
     geo = cache.geometry
     slices = geo.slices()
     overlapping = not windows_disjoint(geo.kernel, geo.stride)
-    dx = _grad_buffer(xp, geo.padded_shape, grad_out, layout=cache.padded,
+    dx = _grad_buffer(xp, geo.padded_shape, grad_out, layout=cache.searched,
                       fill_zero=overlapping or not windows_tile(geo.padded_shape[2:], geo.kernel, geo.stride,
                                                                 geo.out_size))
     n = geo.padded_shape[0]
     per_image = math.prod(geo.padded_shape[1:]) * (xp.finfo(grad_out.dtype).bits // 8)
     step = images_per_slice(per_image, n, block_bytes)
-    for start in range(0, n, step):
-        stop = min(n, start + step)
-        # Walk the window in row-major order; the first input equal to the maximum takes the
-        # whole gradient and leaves nothing for later ties (g - g is exactly 0). A slice of
-        # images at a time keeps the walk's arrays in cache between its passes.
-        block = slice(start, stop)
-        x_b, out_b, dx_b = cache.padded[block, ...], cache.out[block, ...], dx[block, ...]
-        remaining = grad_out[block, ...]
-        for k, (si, sj) in enumerate(slices):
-            if k + 1 < len(slices):
-                part = remaining * xp.astype(x_b[:, :, si, sj] == out_b, grad_out.dtype)
-                remaining = remaining - part
-            else:  # no earlier element was the maximum, so this one is (for finite inputs)
-                part = remaining
-            dx_b[:, :, si, sj] = dx_b[:, :, si, sj] + part if overlapping else part
+    if step >= n:
+        _walk(xp, cache.searched, cache.out, grad_out, dx, slices, overlapping)
+    else:  # a slice of images at a time keeps the walk's arrays in cache between its passes
+        for start in range(0, n, step):
+            block = slice(start, min(n, start + step))
+            _walk(xp, cache.searched[block, ...], cache.out[block, ...], grad_out[block, ...], dx[block, ...], slices,
+                  overlapping)
     return unpad2d(dx, geo.padding)
 
 
+def _stacked_backward(grad_out, cache: MaxPoolCache):
+    """`pool.maxpool2d_backward`, into a buffer stored channels-first (the order an im2col
+    convolution below reads without a copy), writing where windows do not overlap."""
+    xp = array_namespace(grad_out)
+    geo = cache.geometry
+    overlapping = not windows_disjoint(geo.kernel, geo.stride)
+    dx = _grad_buffer(xp, geo.padded_shape, grad_out, fill_zero=True)
+    for k, (si, sj) in enumerate(geo.slices()):
+        part = grad_out * xp.astype(cache.argmax == k, grad_out.dtype)
+        dx[:, :, si, sj] = dx[:, :, si, sj] + part if overlapping else part
+    return unpad2d(dx, geo.padding)
+
+
+def _walk(xp, padded, out, grad_out, dx, slices, overlapping) -> None:
+    """Walk the window in row-major order; the first input equal to the maximum takes the whole
+    gradient and leaves nothing for later ties (g - g is exactly 0)."""
+    remaining = grad_out
+    for k, (si, sj) in enumerate(slices):
+        if k + 1 < len(slices):
+            part = remaining * xp.astype(padded[:, :, si, sj] == out, grad_out.dtype)
+            remaining = remaining - part
+        else:  # no earlier element was the maximum, so this one is (for finite inputs)
+            part = remaining
+        dx[:, :, si, sj] = dx[:, :, si, sj] + part if overlapping else part
+
+
+@on_input_device
 def avgpool2d_backward(grad_out, cache: AvgPoolCache):
     """Gradient of `pool.avgpool2d_forward` (re-exported here as `avgpool2d_forward`), into a buffer
     stored channels-first, the order im2col convolutions read without a copy."""
+    if not isinstance(cache, AvgPoolCache):
+        raise TypeError(f"avgpool2d_backward expected an AvgPoolCache from its forward, got {type(cache).__name__}")
     xp = array_namespace(grad_out)
     geo = cache.geometry
     slices = geo.slices()

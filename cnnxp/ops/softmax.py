@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from array_api_compat import array_namespace
 
+from ._device import on_input_device
+
 __all__ = ["log_softmax", "softmax", "softmax_backward"]
 
 
+@on_input_device
 def log_softmax(x, axis: int = 1):
     """``log(softmax(x))`` computed without overflow: shift by the maximum first."""
     xp = array_namespace(x)
@@ -14,6 +17,7 @@ def log_softmax(x, axis: int = 1):
     return shifted - xp.log(xp.sum(xp.exp(shifted), axis=axis, keepdims=True))
 
 
+@on_input_device
 def softmax(x, axis: int = 1):
     """Probabilities along ``axis``; stable for any finite input (1e4 included)."""
     xp = array_namespace(x)
@@ -21,6 +25,7 @@ def softmax(x, axis: int = 1):
     return e / xp.sum(e, axis=axis, keepdims=True)
 
 
+@on_input_device
 def softmax_backward(grad_out, probs, axis: int = 1):
     """Jacobian-vector product of softmax: ``p * (g - sum(g * p))`` along ``axis``."""
     xp = array_namespace(grad_out, probs)

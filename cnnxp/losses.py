@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from array_api_compat import array_namespace
+from array_api_compat import array_namespace, is_numpy_array
 from array_api_compat import device as device_of
 
-from . import ops
 from ._checks import check_real
+from .backend import on_device_of
 
 __all__ = ["softmax_cross_entropy"]
 
@@ -35,9 +35,10 @@ def softmax_cross_entropy(logits, labels, *, label_smoothing: float = 0.0, check
     loss : 0-d array (on the logits' device)
     grad_logits : array (N, K), ``(softmax(logits) - target) / N``
 
-    ``check_labels=False`` skips the range check of the labels, which reads a value
-    back from the device (a synchronisation on a GPU); `cnnxp.train.fit` checks its
-    loader's labels once instead.
+    Labels outside ``[0, K)``: NumPy labels are checked on the spot (ValueError). Labels on a
+    device are never read back (that would wait for the GPU at every call); an out-of-range
+    label makes the loss NaN instead, as PyTorch's CUDA kernels stop on a device-side assert.
+    ``check_labels=False`` skips even that (`cnnxp.train.fit` checks its loader's labels once).
     """
     for name, value in (("logits", logits), ("labels", labels)):
         if not hasattr(value, "shape") or not hasattr(value, "dtype"):
@@ -56,17 +57,37 @@ def softmax_cross_entropy(logits, labels, *, label_smoothing: float = 0.0, check
     if not xp.isdtype(labels.dtype, "integral"):
         raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
     label_smoothing = check_label_smoothing(label_smoothing)
+    with on_device_of(logits):  # arrays made here land on the logits' GPU, whichever is current
+        return _loss_and_grad(xp, logits, labels, label_smoothing, check_labels)
+
+
+def _loss_and_grad(xp, logits, labels, label_smoothing: float, check_labels: bool):
+    """`softmax_cross_entropy` once its inputs are checked: about fifteen array operations, no read-back."""
     n, k = logits.shape
-    if check_labels and bool(xp.any((labels < 0) | (labels >= k))):
-        raise ValueError(f"labels must be class indices in [0, {k}), got values outside that range")
-    log_probs = ops.log_softmax(logits, axis=1)
-    classes = xp.arange(k, dtype=labels.dtype, device=device_of(labels))
-    target = xp.astype(labels[:, None] == classes[None, :], logits.dtype)
+    rows = labels[:, None]
+    outside = None
+    if check_labels:
+        outside = xp.any((labels < 0) | (labels >= k))
+        if is_numpy_array(labels):  # on the host: reading it costs nothing
+            if bool(outside):
+                raise ValueError(f"labels must be class indices in [0, {k}), got values outside that range")
+            outside = None
+        else:  # clamped for the lookup below; the loss then says NaN
+            rows = xp.minimum(xp.maximum(rows, 0), k - 1)
+    shifted = logits - xp.max(logits, axis=1, keepdims=True)
+    exp = xp.exp(shifted)
+    total = xp.sum(exp, axis=1, keepdims=True)
+    # -log p[label] = log(sum(exp)) - shifted[label]: only the labelled class's logit enters, so
+    # the loss is finite whenever that class's log-probability is (masked -inf logits elsewhere).
+    log_total = xp.log(total)
+    nll = log_total - xp.take_along_axis(shifted, rows, axis=1)
+    target = xp.astype(rows == xp.arange(k, dtype=labels.dtype, device=device_of(labels)), logits.dtype)
     if label_smoothing:
         target = target * (1.0 - label_smoothing) + label_smoothing / k
-    # Only the classes the target weighs enter the sum (a masked -inf logit times a zero weight
-    # would be NaN); as in PyTorch, the loss is finite whenever the labelled class's log-probability is.
-    weighed = xp.where(target > 0, log_probs, xp.zeros((), dtype=log_probs.dtype, device=device_of(logits)))
-    loss = -xp.sum(weighed * target) / n
-    grad = (xp.exp(log_probs) - target) / n
+        nll = (1.0 - label_smoothing) * nll + (label_smoothing / k) * xp.sum(log_total - shifted, axis=1, keepdims=True)
+    loss = xp.sum(nll) * (1.0 / n)
+    if outside is not None:
+        loss = xp.where(outside, float("nan"), loss)
+    grad = (exp / total - target) * (1.0 / n)
     return loss, grad
+

@@ -1,7 +1,23 @@
-"""SGD and Adam, with their state in one small dict that saves and restores exactly."""
+"""SGD and Adam over one flat buffer: a step is a handful of whole-model array operations.
+
+The optimizer keeps every parameter of the model in one flat array and gives each layer a
+view of its slice (``layer.params["weight"]`` is a reshaped slice of the buffer). A step
+gathers the gradients into one flat array (`Optimizer.flat_grads`, the array data-parallel
+training averages across processes) and updates the buffer and its state (momentum, Adam's
+moments: flat arrays too) in place, so the layers see the new weights through their views.
+On a GPU that is a few kernel launches per step instead of several per parameter.
+
+Putting a new array into ``layer.params[name]`` (loading a state dict, moving the model)
+still sets that weight: the next step finds that the layer no longer holds its view, copies
+the model's arrays into the buffer again and hands out new views.
+
+The state saves per parameter (``state_dict`` keys such as ``"state.momentum.0.weight"``), as
+before the flat buffer, so checkpoints of either kind load.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from array_api_compat import array_namespace
@@ -9,24 +25,32 @@ from array_api_compat import array_namespace
 from . import backend
 from ._checks import check_real
 
-__all__ = ["SGD", "Adam"]
+__all__ = ["SGD", "Adam", "Optimizer"]
 
 
 class Optimizer:
-    """Updates every parameter of a model from its ``grads``, in place, on the model's device."""
+    """Updates every parameter of a model from its ``grads``, in place, on the model's device.
+
+    Subclasses name their state slots (``SLOTS``) and implement `_update` on flat arrays.
+    """
+
+    SLOTS: tuple[str, ...] = ()
 
     def __init__(self, model, lr: float, weight_decay: float = 0.0):
         owner = type(self).__name__
         if not (hasattr(model, "named_parameters") and hasattr(model, "device")):
             raise TypeError(f"{owner} expected a cnnxp Sequential as its model, got {type(model).__name__}: "
                             f"{owner}(model, lr=...) with model = Sequential([...])")
-        if next(iter(model.named_parameters()), None) is None:
+        self._slots = [(key, layer, name) for key, layer, name in model.named_parameters()]
+        if not self._slots:
             raise ValueError(f"{owner} got a model with no parameters: nothing to train")
         lr = check_real(lr, owner, "learning rate", 0.0, low_open=True)
         weight_decay = check_real(weight_decay, owner, "weight_decay", 0.0)
         self.model, self.lr, self.weight_decay = model, lr, weight_decay
-        self.state: dict[str, Any] = {}  # per-parameter arrays, keyed "<slot>.<param key>"
+        self.state: dict[str, Any] = {}  # slot name -> flat array, laid out like the parameter buffer
         self.step_count = 0
+        self._flat = None  # the parameter buffer
+        self._views: list[Any] = []  # what each layer was given: a view of its slice of the buffer
 
     @property
     def lr(self) -> float:
@@ -38,51 +62,117 @@ class Optimizer:
     def lr(self, value) -> None:
         self._lr = float(value)
 
-    def _grad(self, layer, name):
-        grad = layer.grads.get(name)
-        if grad is None:
-            raise RuntimeError(f"no gradient for {layer.name}.{name}: run model.backward before optimizer.step()")
-        if self.weight_decay:
-            grad = grad + self.weight_decay * layer.params[name]
-        return grad
+    # -- the flat buffer ------------------------------------------------------------------------------
+
+    def flat_params(self):
+        """The parameter buffer, every layer holding a view of its slice; (re)built when a layer
+        holds another array than its view (a weight set with ``params[name] = ...``, a moved model)."""
+        if self._flat is not None and all(layer.params[name] is view
+                                          for (_, layer, name), view in zip(self._slots, self._views, strict=True)):
+            return self._flat
+        xp = self.model.device.xp
+        arrays = [layer.params[name] for _, layer, name in self._slots]
+        dtypes = {a.dtype for a in arrays}
+        if len(dtypes) > 1:
+            raise TypeError(f"{type(self).__name__} updates all parameters in one buffer, so they must share a "
+                            f"dtype, got {sorted(map(str, dtypes))}: cast the model with model.to(device, dtype=...)")
+        flat = xp.concat([xp.reshape(a, (-1,)) for a in arrays])
+        self._views, start = [], 0
+        for (_, layer, name), a in zip(self._slots, arrays, strict=True):
+            size = math.prod(a.shape)
+            layer.params[name] = xp.reshape(flat[start:start + size], tuple(a.shape))
+            self._views.append(layer.params[name])
+            start += size
+        self._flat = flat
+        self.state = {slot: backend.to_device(v, self.model.device) for slot, v in self.state.items()}
+        return flat
+
+    def flat_grads(self):
+        """Every parameter's gradient in one flat array, in the buffer's order (weight decay not added)."""
+        xp = self.model.device.xp
+        grads = []
+        for _, layer, name in self._slots:
+            grad = layer.grads.get(name)
+            if grad is None:
+                raise RuntimeError(f"no gradient for {layer.name}.{name}: run model.backward before optimizer.step()")
+            grads.append(xp.reshape(grad, (-1,)))
+        return xp.concat(grads)
 
     def step(self) -> None:
-        self.step_count += 1
+        """One update of every parameter from the gradients of the last ``model.backward``."""
         with self.model.device.activate():
-            for key, layer, name in self.model.named_parameters():
-                self._update(key, layer.params[name], self._grad(layer, name))
+            self.apply(self.flat_grads())
 
-    def _update(self, key, param, grad):
+    def apply(self, grad) -> None:
+        """Update the parameters with the flat gradient ``grad`` (from `flat_grads`, averaged across
+        processes by data-parallel training)."""
+        with self.model.device.activate():
+            flat = self.flat_params()
+            self.step_count += 1
+            if self.weight_decay:
+                grad = grad + self.weight_decay * flat
+            self._update(flat, grad)
+
+    def _update(self, flat, grad) -> None:
         raise NotImplementedError
 
+    # -- state ------------------------------------------------------------------------------------------
+
     def state_dict(self) -> dict[str, Any]:
-        """Hyper-parameters, the step count and every state array (on the model's device)."""
-        return {"step": self.step_count, "lr": self.lr, "weight_decay": self.weight_decay,
-                **self._hyper(), **{f"state.{k}": v for k, v in self.state.items()}}
+        """Hyper-parameters, the step count and every state array, one per parameter and slot
+        (``"state.<slot>.<parameter key>"``, views of the flat state on the model's device)."""
+        state = {"step": self.step_count, "lr": self.lr, "weight_decay": self.weight_decay, **self._hyper()}
+        xp = self.model.device.xp
+        for slot, flat in self.state.items():
+            start = 0
+            for key, layer, name in self._slots:
+                shape = tuple(layer.params[name].shape)
+                size = math.prod(shape)
+                state[f"state.{slot}.{key}"] = xp.reshape(flat[start:start + size], shape)
+                start += size
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from `state_dict` output saved on any device; arrays move to the model's device.
 
         Everything is checked before anything changes: a KeyError (a parameter the model does not
-        have, a missing field) or ValueError (a shape that does not match) leaves the optimizer as it was.
+        have, a slot that lacks one of the model's parameters, a missing field) or ValueError (a
+        shape that does not match) leaves the optimizer as it was.
         """
-        dev = self.model.device
         step, lr, weight_decay = int(state["step"]), float(state["lr"]), float(state["weight_decay"])
-        params = {key: layer.params[name] for key, layer, name in self.model.named_parameters()}
-        new_state = {}
+        slots = self._read_slots(state)
+        dev = self.model.device
+        with dev.activate():
+            new_state = {}
+            for slot, arrays in slots.items():
+                pieces = [dev.xp.reshape(backend.to_device(arrays[key], dev), (-1,)) for key, _, _ in self._slots]
+                new_state[slot] = dev.xp.astype(dev.xp.concat(pieces), self._dtype(), copy=True)
+        self._set_hyper(state)
+        self.step_count, self.lr, self.weight_decay, self.state = step, lr, weight_decay, new_state
+
+    def _read_slots(self, state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """``{slot: {parameter key: array}}`` from a state dict's ``state.*`` entries, checked against the model."""
+        shapes = {key: tuple(layer.params[name].shape) for key, layer, name in self._slots}
+        slots: dict[str, dict[str, Any]] = {}
         for k, v in state.items():
             if not k.startswith("state."):
                 continue
-            slot_key = k[len("state."):]
-            param_key = slot_key.split(".", 1)[-1]
-            if param_key not in params:
-                raise KeyError(f"optimizer state has {param_key!r}, which the model does not have")
-            if tuple(v.shape) != tuple(params[param_key].shape):
-                raise ValueError(f"optimizer state {slot_key!r} has shape {tuple(v.shape)}, "
-                                 f"the parameter has {tuple(params[param_key].shape)}")
-            new_state[slot_key] = dev.xp.astype(backend.to_device(v, dev), params[param_key].dtype, copy=True)
-        self._set_hyper(state)
-        self.step_count, self.lr, self.weight_decay, self.state = step, lr, weight_decay, new_state
+            slot, _, key = k[len("state."):].partition(".")
+            if key not in shapes:
+                raise KeyError(f"optimizer state has {key!r}, which the model does not have")
+            if tuple(v.shape) != shapes[key]:
+                raise ValueError(f"optimizer state '{slot}.{key}' has shape {tuple(v.shape)}, "
+                                 f"the parameter has {shapes[key]}")
+            slots.setdefault(slot, {})[key] = v
+        for slot, arrays in slots.items():
+            missing = [key for key in shapes if key not in arrays]
+            if missing:
+                raise KeyError(f"optimizer state {slot!r} lacks {', '.join(map(repr, missing))}: "
+                               "a resume would not be exact")
+        return slots
+
+    def _dtype(self):
+        return self._slots[0][1].params[self._slots[0][2]].dtype
 
     def _hyper(self) -> dict[str, Any]:
         return {}
@@ -105,17 +195,17 @@ class SGD(Optimizer):
             raise ValueError("Nesterov momentum needs momentum > 0")
         self.momentum, self.nesterov = momentum, bool(nesterov)
 
-    def _update(self, key, param, grad):
+    def _update(self, flat, grad):
         if self.momentum:
-            buf = self.state.get(f"momentum.{key}")
+            buf = self.state.get("momentum")
             if buf is None:
-                buf = grad + 0.0
+                buf = array_namespace(grad).asarray(grad, copy=True)
             else:
                 buf *= self.momentum
                 buf += grad
-            self.state[f"momentum.{key}"] = buf
+            self.state["momentum"] = buf
             grad = grad + self.momentum * buf if self.nesterov else buf
-        param -= self.lr * grad
+        flat -= self.lr * grad
 
     def _hyper(self):
         return {"momentum": self.momentum, "nesterov": int(self.nesterov)}
@@ -137,10 +227,9 @@ class Adam(Optimizer):
             raise ValueError(f"Adam betas must be in [0, 1), got {betas!r}")
         self.betas, self.eps = (b1, b2), check_real(eps, "Adam", "eps", 0.0, low_open=True)
 
-    def _update(self, key, param, grad):
+    def _update(self, flat, grad):
         b1, b2 = self.betas
-        m = self.state.get(f"m.{key}")
-        v = self.state.get(f"v.{key}")
+        m, v = self.state.get("m"), self.state.get("v")
         if m is None:
             m, v = grad * (1 - b1), (grad * grad) * (1 - b2)
         else:
@@ -148,11 +237,11 @@ class Adam(Optimizer):
             m += (1 - b1) * grad
             v *= b2
             v += (1 - b2) * (grad * grad)
-        self.state[f"m.{key}"], self.state[f"v.{key}"] = m, v
+        self.state["m"], self.state["v"] = m, v
         t = self.step_count
         step_size = self.lr / (1 - b1**t)
         denom = array_namespace(v).sqrt(v) / (1 - b2**t) ** 0.5 + self.eps
-        param -= step_size * (m / denom)
+        flat -= step_size * (m / denom)
 
     def _hyper(self):
         return {"beta1": self.betas[0], "beta2": self.betas[1], "eps": self.eps}

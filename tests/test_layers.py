@@ -12,6 +12,7 @@ from reference import conv2d_loops, conv2d_loops_backward, pool2d_loops, tie_fre
 import cnnxp
 from cnnxp import layers, losses, ops
 from cnnxp.models import lenet5, seed_cnn
+from cnnxp.ops import random
 
 
 def host(a):
@@ -112,7 +113,9 @@ def test_dropout_same_masks_on_every_backend(backend):
     drop = layers.Dropout(0.4, seed=7)
     y = drop(backend.asarray(x))
     backend.assert_on_backend(y)
-    expected = (np.random.default_rng(7).random((3, 4, 5, 5), dtype=np.float32) >= 0.4) / 0.6
+    key = np.random.default_rng(7).integers(0, random.KEY_BOUNDS)  # the layer's first draw from its seed
+    bits = random.random_bits(key, x.shape, x)  # checked against a pure-Python definition in test_random.py
+    expected = (bits >= round(0.4 * random.P)) / 0.6
     close(y, expected, backend)
     close(drop.backward(backend.asarray(x)), expected, backend)
     drop.eval()

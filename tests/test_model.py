@@ -323,6 +323,28 @@ def test_loss_errors(logits, labels, error, message):
         losses.softmax_cross_entropy(logits, labels)
 
 
+def test_labels_on_a_device_are_never_read_back_and_poison_the_loss_instead(backend):
+    """NumPy labels are checked on the spot; a device's labels are not read back (a GPU would wait at
+    every call), so an out-of-range label makes the loss NaN, as a device-side assert stops PyTorch."""
+    from cnnxp.opcount import count_ops
+
+    logits = backend.asarray(np.zeros((2, 3)))
+    for labels, bad in ((np.array([0, 2]), False), (np.array([0, 3]), True), (np.array([-1, 0]), True)):
+        y = backend.asarray(labels, dtype=np.int64)
+        if bad and backend.id.startswith("numpy"):
+            with pytest.raises(ValueError, match=r"class indices in \[0, 3\)"):
+                losses.softmax_cross_entropy(logits, y)
+            continue
+        with count_ops() as counts:
+            loss, grad = losses.softmax_cross_entropy(logits, y)
+        assert counts.to_host == 0
+        assert np.isnan(float(cnnxp.to_numpy(loss))) == bad
+        if not bad:
+            unchecked, unchecked_grad = losses.softmax_cross_entropy(logits, y, check_labels=False)
+            np.testing.assert_array_equal(cnnxp.to_numpy(unchecked), cnnxp.to_numpy(loss))
+            np.testing.assert_array_equal(cnnxp.to_numpy(unchecked_grad), cnnxp.to_numpy(grad))
+
+
 # -- optimizers ----------------------------------------------------------------------------------------
 
 
@@ -392,6 +414,85 @@ def test_optimizer_state_moves_across_devices():
     opt2.load_state_dict(opt.state_dict())
     assert opt2.step_count == 1
     assert all(v.device == strict.Device("device1") for v in opt2.state.values())
+
+
+@pytest.mark.parametrize("make", [
+    lambda m: optim.SGD(m, lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4),
+    lambda m: optim.Adam(m, lr=1e-3, weight_decay=1e-4),
+])
+def test_a_step_is_a_few_whole_model_operations(make):
+    """One flat buffer: gathering the gradients, then a fixed handful of operations, however many
+    parameters the model has (each layer holds a view of its slice, so nothing is copied back)."""
+    from cnnxp.opcount import count_ops
+
+    strict = pytest.importorskip("array_api_strict")
+    for preset in (seed_cnn, lenet5, fashion_cnn):
+        model = preset(seed=0).to(strict.Device("CPU_DEVICE"), xp=strict)
+        opt = make(model)
+        train_steps(model, opt, 1)
+        with count_ops() as counts:
+            opt.step()
+        params = len(list(model.named_parameters()))
+        assert counts.to_device == counts.to_host == 0
+        assert counts.by_name["reshape"] == params  # one flattening per gradient (a view where it can be)
+        assert counts.ops - params <= 16, counts  # then the concatenation and the update (Adam with decay: 16)
+
+
+def test_a_weight_set_by_hand_is_used_and_kept_after_steps():
+    """``params[name] = new_array`` sets a weight, before or after the buffer exists, and the
+    optimizer then updates that value (the contract's way to set weights)."""
+    model = lenet5(seed=0)
+    opt = optim.SGD(model, lr=0.1)
+    train_steps(model, opt, 2)
+    new = np.full((120, 400), 0.01, np.float32)
+    model[7].params["weight"] = new
+    x, y = batch()
+    _, g = losses.softmax_cross_entropy(model(x), y)
+    model.backward(g, need_input_grad=False)
+    grad = np.array(model[7].grads["weight"])
+    opt.step()
+    np.testing.assert_allclose(model[7].params["weight"], new - 0.1 * grad, rtol=1e-6, atol=1e-7)
+    assert np.array_equal(model.state_dict()["7.weight"], model[7].params["weight"])
+    model[7].params["weight"][...] = 0.5  # in place, through the layer's view, counts too
+    train_steps(model, opt, 1)
+    assert abs(float(np.mean(model[7].params["weight"])) - 0.5) < 0.01
+
+
+def test_the_flat_buffer_follows_the_model_to_another_device():
+    strict = pytest.importorskip("array_api_strict")
+    model = lenet5(seed=0)
+    opt = optim.SGD(model, lr=0.01, momentum=0.9)
+    train_steps(model, opt, 2)
+    reference = lenet5(seed=0)
+    ref_opt = optim.SGD(reference, lr=0.01, momentum=0.9)
+    train_steps(reference, ref_opt, 3)
+    model.to(strict.Device("CPU_DEVICE"), xp=strict)
+    train_steps(model, opt, 1)
+    assert all(v.device == strict.Device("CPU_DEVICE") for v in opt.state.values())
+    for key, value in reference.state_dict().items():
+        np.testing.assert_allclose(cnnxp.to_numpy(model.state_dict()[key]), value, rtol=1e-5, atol=1e-6)
+
+
+def test_optimizer_state_missing_a_parameter_is_refused():
+    """A checkpoint whose Adam moments lack one parameter would resume with that moment at zero:
+    not an exact resume, so it is refused before anything changes."""
+    model = lenet5(seed=0)
+    opt = optim.Adam(model)
+    train_steps(model, opt, 1)
+    state = opt.state_dict()
+    del state["state.m.3.weight"]
+    with pytest.raises(KeyError, match=r"optimizer state 'm' lacks '3.weight': a resume would not be exact"):
+        optim.Adam(lenet5(seed=0)).load_state_dict(state)
+
+
+def test_parameters_of_two_dtypes_are_refused_with_what_to_do():
+    model = cnnxp.Sequential([layers.Dense(4, 3, seed=0), layers.Dense(3, 2, seed=0)])
+    model[1].params["weight"] = np.zeros((2, 3), np.float64)
+    x = np.ones((2, 4), np.float32)
+    _, g = losses.softmax_cross_entropy(model(x), np.array([0, 1]))
+    model.backward(g)
+    with pytest.raises(TypeError, match=r"must share a dtype, got \['float32', 'float64'\]: cast the model"):
+        optim.SGD(model, lr=0.1).step()
 
 
 def test_optimizer_errors():

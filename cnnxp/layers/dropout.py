@@ -1,38 +1,42 @@
-"""Dropout with masks drawn on the host from a seeded generator."""
+"""Dropout, its masks made on the device from a key drawn on the host."""
 
 from __future__ import annotations
 
 import json
 
-import numpy as np  # host-side RNG only: masks are drawn here, then moved to the input's device
-from array_api_compat import array_namespace
+import numpy as np  # host-side RNG only: one small key per mask is drawn here
 
 from .._checks import check_real
-from ..backend import array_device, to_device
+from ..ops import random
 from .base import Layer, make_rng
 
 
 class Dropout(Layer):
     """Zero each element with probability ``p`` in training and scale the rest by ``1 / (1 - p)``.
 
-    Identity in eval mode. Masks come from a NumPy Generator (``seed``) on the host,
-    so a seed gives the same masks on every device; `get_rng_state` / `set_rng_state`
-    make training resumable exactly.
+    Identity in eval mode. Each mask is computed where the input lives by a counter-based
+    generator (`cnnxp.ops.random`) from four integers drawn from this layer's seeded NumPy
+    Generator, so a seed gives the same masks, bit for bit, on every device, and nothing but
+    those four numbers crosses from the host. `get_rng_state` / `set_rng_state` make
+    training resumable exactly.
+
+    ``offset`` (elements, default 0) shifts where the mask's numbers start: data-parallel
+    ranks holding rows ``r:`` of a global batch set it so that each draws its own rows of the
+    global batch's mask.
     """
 
     def __init__(self, p=0.5, seed=None):
         super().__init__()
         self.p = check_real(p, "Dropout", "probability", 0.0, 1.0)
         self.rng = np.random.default_rng(make_rng(seed).integers(2**63)) if seed is None else make_rng(seed)
+        self.offset = 0
 
     def forward(self, x):
         if not self.training or self.p == 0.0:
             self.cache = 1.0
             return x
-        xp = array_namespace(x)
-        scale = 0.0 if self.p == 1.0 else 1.0 / (1.0 - self.p)
-        keep = self.rng.random(tuple(x.shape), dtype=np.float32) >= self.p  # bool: 1 byte to move
-        mask = xp.astype(to_device(keep, array_device(x)), x.dtype) * scale
+        key = self.rng.integers(0, random.KEY_BOUNDS)  # four Python-sized integers: kernel arguments, not a copy
+        mask = random.keep_mask(key, tuple(x.shape), self.p, x, offset=self.offset)
         self.cache = mask
         return x * mask
 
@@ -41,7 +45,7 @@ class Dropout(Layer):
         return grad_out * self.cache
 
     def get_rng_state(self) -> str:
-        """The mask generator's state as a JSON string (storable in an ``.npz`` without pickle)."""
+        """The key generator's state as a JSON string (storable in an ``.npz`` without pickle)."""
         return json.dumps(self.rng.bit_generator.state)
 
     def set_rng_state(self, state: str) -> None:

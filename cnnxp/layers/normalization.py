@@ -68,16 +68,18 @@ class BatchNorm2D(Layer):
                     f"{tuple(x.shape)}: use a larger batch or call .eval()"
                 )
             mean = xp.mean(x, axis=axes)
-            var = xp.mean((x - mean[:, None, None]) ** 2, axis=axes)
+            centered = x - mean[:, None, None]
+            var = xp.mean(centered * centered, axis=axes)
             m = self.momentum
             rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
-            self.buffers["running_mean"] = (1 - m) * rm + m * xp.astype(mean, rm.dtype)
+            self.buffers["running_mean"] = (1 - m) * rm + m * xp.astype(mean, rm.dtype, copy=False)
             unbiased = var * (count / (count - 1))
-            self.buffers["running_var"] = (1 - m) * rv + m * xp.astype(unbiased, rv.dtype)
+            self.buffers["running_var"] = (1 - m) * rv + m * xp.astype(unbiased, rv.dtype, copy=False)
         else:
-            mean, var = self.buffers["running_mean"], self.buffers["running_var"]
+            var = self.buffers["running_var"]
+            centered = x - self.buffers["running_mean"][:, None, None]
         inv_std = 1.0 / xp.sqrt(var + self.eps)
-        x_hat = (x - mean[:, None, None]) * inv_std[:, None, None]
+        x_hat = centered * inv_std[:, None, None]
         self.cache = BatchNormCache(x_hat, inv_std, self.training)
         return self.params["weight"][:, None, None] * x_hat + self.params["bias"][:, None, None]
 

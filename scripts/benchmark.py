@@ -58,7 +58,8 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--models", default="seed,lenet5", help="comma-separated: seed, lenet5")
-    p.add_argument("--batch-sizes", default="64,256", help="comma-separated batch sizes")
+    p.add_argument("--batch-sizes", default=None,
+                   help="comma-separated batch sizes (default 64,256; with --count-ops 64,1024)")
     p.add_argument("--rounds", type=int, default=7, help="timed rounds per measurement (median, min-max)")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     p.add_argument("--round-seconds", type=float, default=0.5, help="approximate length of one round")
@@ -76,9 +77,14 @@ def parse_args(argv=None):
                    help="BLAS/torch threads (default: whatever NumPy's BLAS uses, i.e. all cores)")
     p.add_argument("--quick", action="store_true", help="a short run: 3 rounds of ~0.2 s, 100 loop images")
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--count-ops", action="store_true",
+                   help="count the array operations, host-to-device copies and reads of one training step of "
+                        "each preset (the GPU's cost model, measured on array_api_strict) instead of timing")
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.batch_sizes is None:
+        args.batch_sizes = "64,1024" if args.count_ops else "64,256"
     unknown = [m for m in args.models.split(",") if m not in ("seed", "lenet5")]
     if unknown:
         p.error(f"--models takes seed and/or lenet5 (comma-separated), got {', '.join(map(repr, unknown))}")
@@ -547,7 +553,34 @@ def fmt_mem(m: dict | None) -> str:
     return f"{m['peak_device_mb']:.0f}"
 
 
+def count_ops(args) -> int:
+    """``--count-ops``: a table of the operations of one training step per preset and batch size."""
+    try:
+        from cnnxp.opcount import BUDGETS, count_presets
+        rows = count_presets(tuple(int(b) for b in args.batch_sizes.split(",")))
+    except ImportError as exc:
+        print(f"benchmark.py: --count-ops needs array_api_strict ({exc}): pip install array-api-strict",
+              file=sys.stderr)
+        return 1
+    print("one training step (forward, loss, backward, update) on array_api_strict; computing operations are "
+          "kernel launches or allocations on a GPU, views only re-describe memory")
+    print(f"{'model':8s} {'optimizer':9s} {'batch':>5s} {'operations':>10s} {'computing':>9s} {'views':>5s} "
+          f"{'to device':>9s} {'to host':>7s}  budget (computing/views)")
+    for r in rows:
+        budget = BUDGETS.get(r["model"])
+        said = f"{budget['kernels']}/{budget['views']}" if budget else "-"
+        print(f"{r['model']:8s} {r['optimizer']:9s} {r['batch']:5d} {r['ops']:10d} {r['kernels']:9d} {r['views']:5d} "
+              f"{r['to_device']:9d} {r['to_host']:7d}  {said}")
+    if args.json:
+        with atomic_write(args.json, "w") as f:
+            json.dump({"count_ops": rows}, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def main(args) -> int:
+    if args.count_ops:
+        return count_ops(args)
     if args._child:
         child_memory(args._child)
         return 0

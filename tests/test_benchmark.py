@@ -124,3 +124,19 @@ def test_a_worker_that_dies_ends_the_run_with_one_line(tmp_path):
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip().splitlines()[-1] == ("benchmark.py: the torch on cpu worker exited (status 3); "
                                                    "its error is above")
+
+
+def test_count_ops_prints_each_preset_within_its_budget(tmp_path):
+    """--count-ops: the GPU's cost model as a table (and JSON), the same counts at both batch sizes."""
+    pytest.importorskip("array_api_strict")
+    out = tmp_path / "counts.json"
+    done = _run("--count-ops", "--batch-sizes", "8,512", "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())["count_ops"]
+    assert [(r["model"], r["batch"]) for r in rows] == [(m, b) for m in ("lenet5", "fashion", "seed") for b in (8, 512)]
+    for small, large in zip(rows[::2], rows[1::2], strict=True):
+        assert {k: small[k] for k in ("ops", "kernels", "views")} == {k: large[k] for k in ("ops", "kernels", "views")}
+        assert small["to_device"] == small["to_host"] == 0
+    assert rows[0]["kernels"] <= 150 and rows[2]["kernels"] <= 300
+    lenet = next(line for line in done.stdout.splitlines() if line.startswith("lenet5"))
+    assert re.match(rf"lenet5\s+SGD\s+8\s+{rows[0]['ops']}\s+{rows[0]['kernels']}\s+{rows[0]['views']}\s+0\s+0\s+150/100", lenet)

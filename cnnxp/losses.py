@@ -85,9 +85,9 @@ def _loss_and_grad(xp, logits, labels, label_smoothing: float, check_labels: boo
     if label_smoothing:
         target = target * (1.0 - label_smoothing) + label_smoothing / k
         nll = (1.0 - label_smoothing) * nll + (label_smoothing / k) * xp.sum(log_total - shifted, axis=1, keepdims=True)
-    loss = xp.sum(nll) * (1.0 / n)
+    loss = xp.sum(nll) / n  # an empty batch: NaN, as PyTorch's mean over nothing
     if outside is not None:
         loss = xp.where(outside, float("nan"), loss)
-    grad = (exp / total - target) * (1.0 / n)
+    grad = (exp / total - target) * (1.0 / max(n, 1))  # empty when the batch is
     return loss, grad
 

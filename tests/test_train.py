@@ -383,6 +383,15 @@ def test_an_empty_batch_goes_through_training_too(make):
     assert out.shape == (0, 10)
     assert model.backward(np.zeros_like(out)).shape == (0, 1, 28, 28)
     assert all(float(np.abs(g).sum()) == 0.0 for layer in model for g in layer.grads.values())
+    # the loss of nothing is NaN (PyTorch's mean over nothing), its gradient empty: a step changes nothing
+    with np.errstate(invalid="ignore"):
+        loss, grad = losses.softmax_cross_entropy(out, np.zeros(0, np.int64))
+    assert np.isnan(loss) and grad.shape == (0, 10)
+    before = _state(model)
+    model.backward(grad, need_input_grad=False)
+    SGD(model, lr=0.1).step()
+    for key, value in _state(model).items():
+        np.testing.assert_array_equal(value, before[key])
 
 
 def test_fit_takes_numpy_integers_for_epochs(tiny):

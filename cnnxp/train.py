@@ -410,7 +410,7 @@ def predict(model, x, batch_size: int | None = None):
     try:
         with model.device.activate():
             # an empty batch goes through once, so the result has the right shape (0, classes)
-            outs = [model(x[i:i + step, ...]) for i in range(0, max(n, 1), step)]
+            outs = [model(x[i:min(n, i + step), ...]) for i in range(0, max(n, 1), step)]  # stops in bounds
             logits = outs[0] if len(outs) == 1 else xp.concat(outs)
             probs = ops.softmax(logits, axis=1)
             return xp.argmax(probs, axis=1), probs

@@ -1,16 +1,27 @@
 #!/usr/bin/env bash
-# One short GPU check: the CUDA tests, then LeNet-5 on cnnxp/CuPy against PyTorch CUDA
-# and against cnnxp on the CPU (batch 256 and 1024), printed as one table.
+# One GPU check: the CUDA tests (pytest -m cuda: tests/test_cuda.py and the backend matrix's CuPy
+# entries), then scripts/gpu_benchmark.py (LeNet-5 and the fashion preset, batch 256 and 1024: cnnxp
+# on CuPy against PyTorch CUDA and cnnxp on the CPU, TF32 off), then a short summary.
 #
-#   scripts/check_gpu.sh            # results under $OUT (default /tmp/cnnxp-gpu)
-#   QUICK=1 scripts/check_gpu.sh    # fewer, shorter rounds
+#   scripts/check_gpu.sh            # results under $OUT (default /tmp/cnnxp-gpu): at most 6 files
+#   QUICK=1 scripts/check_gpu.sh    # fewer, shorter benchmark rounds
 #
-# Exit status: non-zero when CuPy cannot reach a GPU or a CUDA test fails.
+# Files: environment.txt, pytest-cuda.txt, gpu-benchmark.txt, gpu-benchmark.json, summary.txt, and
+# setup-error.txt when the machine lacks what it needs. Time limits (seconds): TESTS_TIMEOUT (default
+# 360), BENCH_TIMEOUT (default 420, 240 with QUICK=1).
+# Exit status: 2 when CuPy cannot reach a GPU or a dependency is missing; 1 when a CUDA test fails
+# or the benchmark fails (or runs out of time); 0 otherwise.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-/tmp/cnnxp-gpu}
 mkdir -p "$OUT"
+# Full float32 in cuBLAS on the CuPy side (CuPy's default; TF32 would put the CUDA tests' comparisons
+# with NumPy outside float32 tolerances); the benchmark sets it again before importing CuPy.
+export CUPY_TF32=0
+setup_error=$(mktemp)
+if ! command -v timeout >/dev/null; then timeout() { shift; "$@"; }; fi  # coreutils' timeout, where there is one
+trap 'rm -f "$setup_error"' EXIT
 
 # A machine without network: pure-Python dependencies it lacks (array-api-compat) can come as
 # wheels in .whl/ (see docs/performance.md, "GPU").
@@ -18,35 +29,60 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/cnnxp-site .whl/*.whl || exit 2
     export PYTHONPATH="/tmp/cnnxp-site${PYTHONPATH:+:$PYTHONPATH}"
 fi
-if ! "$PY" -c "import array_api_compat" 2>"$OUT/deps-error.txt"; then
+if ! "$PY" -c "import array_api_compat" 2>"$setup_error"; then
+    cp "$setup_error" "$OUT/setup-error.txt"
     echo "array-api-compat is missing: pip install it, or put its wheel in .whl/" >&2
     exit 2
 fi
-if ! "$PY" -c "import cupy; assert cupy.cuda.runtime.getDeviceCount() > 0" 2>"$OUT/cupy-error.txt"; then
+if ! "$PY" -c "import cupy; assert cupy.cuda.runtime.getDeviceCount() > 0" 2>"$setup_error"; then
+    cp "$setup_error" "$OUT/setup-error.txt"
     echo "CuPy cannot reach a CUDA GPU here:" >&2
-    cat "$OUT/cupy-error.txt" >&2
+    cat "$setup_error" >&2
     exit 2
 fi
 "$PY" - <<'PY' | tee "$OUT/environment.txt"
+import os, platform
 import cupy, numpy
 props = cupy.cuda.runtime.getDeviceProperties(0)
-print("gpu:", props["name"].decode(), "| cupy", cupy.__version__, "| numpy", numpy.__version__)
+print("gpu:", props["name"].decode(), "| GPUs:", cupy.cuda.runtime.getDeviceCount(),
+      "| cupy", cupy.__version__, "| CUDA runtime", cupy.cuda.runtime.runtimeGetVersion(),
+      "| numpy", numpy.__version__, "| python", platform.python_version(),
+      "| CUPY_TF32", os.environ.get("CUPY_TF32"))
 try:
     import torch
-    print("torch", torch.__version__, "cuda available:", torch.cuda.is_available())
+    print("torch", torch.__version__, "cuda available:", torch.cuda.is_available(), "| torch CUDA", torch.version.cuda)
 except ImportError:
-    print("torch: not installed (no PyTorch column)")
+    print("torch: not installed (no PyTorch rows)")
 PY
 
 echo "== CUDA tests (pytest -m cuda)"
-"$PY" -m pytest -q -m cuda tests 2>&1 | tee "$OUT/pytest-cuda.txt"
+start=$SECONDS
+timeout "${TESTS_TIMEOUT:-360}" "$PY" -m pytest -q -p no:cacheprovider -m cuda tests 2>&1 | tee "$OUT/pytest-cuda.txt"
 tests_status=${PIPESTATUS[0]}
+tests_seconds=$((SECONDS - start))
 
 echo "== benchmark: cnnxp on CuPy vs PyTorch CUDA vs cnnxp on the CPU"
-if [ -n "${QUICK:-}" ]; then rounds=(--rounds 3 --warmup 1 --round-seconds 0.2); else rounds=(--rounds 5 --warmup 2 --round-seconds 0.4); fi
-"$PY" scripts/benchmark.py --device cuda --models lenet5 --batch-sizes 256,1024 --compare-cpu --no-loop \
-    "${rounds[@]}" --json "$OUT/benchmark-gpu.json" 2>&1 | tee "$OUT/benchmark-gpu.txt"
+quick=()
+bench_timeout=${BENCH_TIMEOUT:-420}
+if [ -n "${QUICK:-}" ] && [ "${QUICK}" != 0 ]; then quick=(--quick); bench_timeout=${BENCH_TIMEOUT:-240}; fi
+start=$SECONDS
+timeout "$bench_timeout" "$PY" scripts/gpu_benchmark.py --device cuda ${quick[@]+"${quick[@]}"} \
+    --json "$OUT/gpu-benchmark.json" 2>&1 | tee "$OUT/gpu-benchmark.txt"
 bench_status=${PIPESTATUS[0]}
+bench_seconds=$((SECONDS - start))
 
-echo "== summary: tests exit $tests_status, benchmark exit $bench_status; files in $OUT"
-[ "$tests_status" -eq 0 ] && [ "$bench_status" -eq 0 ]
+{
+    echo
+    echo "== summary ($OUT)"
+    printf '%-12s %-8s %6s  %s\n' "part" "exit" "time" "result"
+    printf '%-12s %-8s %5ss  %s\n' "CUDA tests" "$tests_status" "$tests_seconds" \
+        "$(grep -E '[0-9]+ (passed|failed|errors?|skipped|deselected)|no tests ran' "$OUT/pytest-cuda.txt" | tail -n 1)"
+    printf '%-12s %-8s %5ss  %s\n' "benchmark" "$bench_status" "$bench_seconds" \
+        "$(grep -E '^total [0-9]+ s' "$OUT/gpu-benchmark.txt" | tail -n 1)"
+    [ "$tests_status" -eq 124 ] && echo "the CUDA tests ran out of time (TESTS_TIMEOUT=${TESTS_TIMEOUT:-360})"
+    [ "$bench_status" -eq 124 ] && echo "the benchmark ran out of time (BENCH_TIMEOUT=$bench_timeout)"
+    sed -n '/^== results/,/^operations per step/p' "$OUT/gpu-benchmark.txt"
+} | tee "$OUT/summary.txt"
+
+[ "$tests_status" -eq 0 ] && [ "$bench_status" -eq 0 ] && exit 0
+exit 1

@@ -456,3 +456,14 @@ def test_the_progress_display_is_off_without_a_terminal(monkeypatch):
     monkeypatch.setattr("sys.stderr", open(os.devnull, "w"))  # noqa: SIM115
     assert T.EpochProgress.open(10, "epoch 1/1", True, np) is None
     assert T.EpochProgress.open(10, "epoch 1/1", False, np) is None
+
+
+def test_predict_in_slices_that_do_not_divide_the_batch_on_every_backend(backend):
+    """Slice stops stay in bounds (array_api_strict refuses a slice past the end)."""
+    model = models.seed_cnn(seed=0).to(backend.device, dtype=backend.dtype_name)
+    x = backend.asarray(np.random.default_rng(0).standard_normal((5, 1, 28, 28)))
+    classes, probs = T.predict(model, x, batch_size=2)
+    backend.assert_on_backend(probs)
+    whole = T.predict(model, x)[1]
+    np.testing.assert_allclose(cnnxp.to_numpy(probs), cnnxp.to_numpy(whole), rtol=1e-5, atol=1e-7)
+    assert tuple(classes.shape) == (5,)

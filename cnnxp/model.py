@@ -50,6 +50,8 @@ class Sequential:
                 raise TypeError(f"Sequential expects cnnxp layers, got {type(layer).__name__} at position {i}")
         self.training = True
         self.device = backend.get_device("cpu")
+        self.last_batch_size = 0  # rows of the last forward's input (data-parallel training weighs by it)
+        self._row_offset = 0
         self.to(device, xp=xp, dtype=dtype)
 
     # -- running ------------------------------------------------------------------
@@ -72,9 +74,26 @@ class Sequential:
                 except (ValueError, TypeError) as exc:
                     raise _at_layer(i, layer, exc) from None
         self._output_shape = tuple(x.shape)
+        self.last_batch_size = int(x.shape[0])
         return x
 
     __call__ = forward
+
+    @property
+    def row_offset(self) -> int:
+        """The index of the input's first row in the global batch (0 in one process).
+
+        Data-parallel training sets it for every batch, so that layers drawing random numbers per
+        row (Dropout) draw this process's rows of the global batch: the same masks as one process.
+        """
+        return self._row_offset
+
+    @row_offset.setter
+    def row_offset(self, value: int) -> None:
+        self._row_offset = int(value)
+        for layer in self.layers:
+            if hasattr(layer, "row_offset"):
+                layer.row_offset = self._row_offset
 
     def backward(self, grad_out, need_input_grad: bool = True):
         """Back-propagate ``grad_out`` (dL/d output), filling every layer's ``grads``.

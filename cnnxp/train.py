@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,6 +25,7 @@ from . import ops
 from ._checks import check_int
 from .backend import to_device, to_numpy
 from .losses import check_label_smoothing, softmax_cross_entropy
+from .progress import EpochProgress, format_epoch
 from .schedules import cosine_lr, exponential_lr
 from .timing import synchronize
 
@@ -145,52 +146,6 @@ def _correct(xp, logits, labels):
 # -- the training loop ---------------------------------------------------------------
 
 
-class EpochProgress:
-    """The progress bar of one epoch: a tqdm bar on stderr with the running loss, accuracy and speed.
-
-    The running sums live on the device; they are read back to the host only when
-    the bar's text is refreshed, at most every ``REFRESH_SECONDS`` and after the
-    last step, never at every step.
-    """
-
-    REFRESH_SECONDS = 0.5
-
-    def __init__(self, bar, total: int, xp):
-        self.bar, self.total, self.xp = bar, total, xp
-        self.start = time.perf_counter()
-        self.last_shown = 0.0
-
-    @classmethod
-    def open(cls, total: int, desc: str, enabled: bool, xp) -> EpochProgress | None:
-        """A display for ``total`` steps, or None; tqdm's ``disable=None`` hides it when stderr is not a terminal."""
-        if not enabled:
-            return None
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:  # tqdm is a dependency, but a bare library install still trains
-            return None
-        bar = tqdm(total=total, desc=desc, unit="batch", leave=False, disable=None, file=sys.stderr,
-                   dynamic_ncols=True, mininterval=cls.REFRESH_SECONDS)
-        if bar.disable:  # stderr is not a terminal: no bar, and no reading the sums back for one
-            return None
-        return cls(bar, total, xp)
-
-    def update(self, loss_sum, correct, seen: int) -> None:
-        """One step done; ``loss_sum`` and ``correct`` are the epoch's running sums over ``seen`` images."""
-        self.bar.update(1)
-        now = time.perf_counter()
-        if now - self.last_shown < self.REFRESH_SECONDS and self.bar.n != self.total:
-            return
-        self.last_shown = now
-        xp = self.xp
-        values = to_numpy(xp.stack([xp.astype(loss_sum, xp.float32), xp.astype(correct, xp.float32)]))
-        self.bar.set_postfix_str(f"loss {values[0] / seen:.4f} acc {100 * values[1] / seen:.2f}% "
-                                 f"{seen / (now - self.start):,.0f} img/s", refresh=False)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 def train_epoch(model, optimizer, loader, loss_fn=softmax_cross_entropy, *, first_step: int = 0,
                 lr_at: Callable[[int], float] | None = None, progress: EpochProgress | None = None):
     """One pass over ``loader``: forward, loss, backward and an optimizer step for every batch.
@@ -205,10 +160,13 @@ def train_epoch(model, optimizer, loader, loss_fn=softmax_cross_entropy, *, firs
     loss_sum = correct = None
     seen = 0
     step = first_step
+    sharded = getattr(loader, "comm", None) is not None
     # The loss and the running sums are made here, outside the model's own calls: on CuPy,
     # new arrays go to the current GPU, so the model's device is made current for them.
     with model.device.activate():
         for x, y in loader:
+            if sharded:  # this process's rows of the global batch: its rows of the Dropout masks too
+                model.row_offset = loader.row_offset
             if lr_at is not None:
                 optimizer.lr = lr_at(step)
             logits = model(x)
@@ -217,6 +175,8 @@ def train_epoch(model, optimizer, loader, loss_fn=softmax_cross_entropy, *, firs
             optimizer.step()
             step += 1
             batch = int(y.shape[0])
+            if batch == 0:  # an empty share of a short global batch: its NaN loss counts for nothing
+                continue
             seen += batch
             batch_loss = loss * batch
             batch_correct = _correct(xp, logits, y)
@@ -225,6 +185,23 @@ def train_epoch(model, optimizer, loader, loss_fn=softmax_cross_entropy, *, firs
             if progress is not None:
                 progress.update(loss_sum, correct, seen)
     return loss_sum, correct, seen
+
+
+def _totals(model, loader, sums, seen: int):
+    """``(sums as host arrays, seen)`` over every process of a data-parallel ``loader`` (one
+    allreduce; float64 counts are exact), or this process's own. A None sum (no batches) is 0."""
+    xp = model.device.xp
+    comm = getattr(loader, "comm", None)
+    with model.device.activate():
+        zero = xp.zeros((), dtype=xp.float64, device=model.device.native)
+        parts = [zero if s is None else xp.astype(s, xp.float64) for s in sums]
+        if comm is not None:
+            shapes = [tuple(p.shape) for p in parts]
+            flat = xp.concat([xp.reshape(p, (-1,)) for p in parts] + [xp.reshape(zero + seen, (1,))])
+            flat = to_numpy(comm.allreduce(flat))
+            seen, cuts = int(flat[-1]), np.cumsum([0] + [math.prod(s) for s in shapes])
+            return [flat[a:b].reshape(s) for a, b, s in zip(cuts[:-1], cuts[1:], shapes, strict=True)], seen
+        return [to_numpy(p) for p in parts], seen
 
 
 def _fit_epoch(model, optimizer, loader, loss_fn, lr_at, *, epoch: int, epochs: int, steps: int,
@@ -239,14 +216,15 @@ def _fit_epoch(model, optimizer, loader, loss_fn, lr_at, *, epoch: int, epochs: 
     finally:
         if bar is not None:
             bar.close()
+    (loss_total, correct_total), seen = _totals(model, loader, (loss_sum, correct), seen)
     if seen == 0:
         raise ValueError("the training loader yielded no batches")
     synchronize(model.device)
     seconds = time.perf_counter() - start
     return {
         "epoch": epoch,
-        "train_loss": float(to_numpy(loss_sum)) / seen,
-        "train_accuracy": float(to_numpy(correct)) / seen,
+        "train_loss": float(loss_total) / seen,
+        "train_accuracy": float(correct_total) / seen,
         "test_loss": None,
         "test_accuracy": None,
         "seconds": seconds,
@@ -258,13 +236,6 @@ def _test_metrics(model, loader, loss_fn) -> dict[str, float]:
     start = time.perf_counter()
     result = evaluate(model, loader, loss_fn=loss_fn)
     return {"test_loss": result.loss, "test_accuracy": result.accuracy, "eval_seconds": time.perf_counter() - start}
-
-
-def _format_epoch(row: dict[str, Any], epochs: int) -> str:
-    text = f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_accuracy']:.2f}%"
-    if row.get("test_loss") is not None:
-        text += f"  test loss {row['test_loss']:.4f} acc {100 * row['test_accuracy']:.2f}%"
-    return text + f"  {row['seconds']:.1f} s  {row['images_per_second']:,.0f} img/s"
 
 
 def fit(
@@ -328,7 +299,7 @@ def fit(
             row.update(_test_metrics(model, eval_loader, test_loss_fn))
         history.append(row)
         if log is not None:
-            log(_format_epoch(row, epochs))
+            log(format_epoch(row, epochs))
         if on_epoch_end is not None:
             on_epoch_end(history)
     return history
@@ -339,7 +310,8 @@ def evaluate(model, loader, *, loss_fn=softmax_cross_entropy, num_classes: int |
     """Mean loss, accuracy and confusion matrix of ``model`` (in eval mode) over ``loader``.
 
     Everything is accumulated on the model's device and moved to the host once at
-    the end. The model's train/eval mode is restored afterwards.
+    the end. The model's train/eval mode is restored afterwards. With a data-parallel
+    loader every process evaluates its share and gets the numbers of the whole set.
     """
     xp = model.device.xp
     k = num_classes or _num_classes(model)
@@ -348,17 +320,22 @@ def evaluate(model, loader, *, loss_fn=softmax_cross_entropy, num_classes: int |
     was_training = model.training
     model.eval()
     loss_sum = confusion = None
-    preds, labels = [], []
+    preds, labels, rows = [], [], []
     seen = 0
     try:
         with model.device.activate():
-            for x, y in loader:
+            for b, (x, y) in enumerate(loader):
                 logits = model(x)
                 if k is None:
                     k = int(logits.shape[1])
                 loss, _ = loss_fn(logits, y)
                 batch = int(y.shape[0])
                 seen += batch
+                rows.append(b * getattr(loader, "batch_size", 0) + getattr(loader, "row_offset", 0))
+                if batch == 0:  # an empty share of a short global batch
+                    preds.append(xp.argmax(logits, axis=1))
+                    labels.append(y)
+                    continue
                 pred = xp.argmax(logits, axis=1)
                 classes = xp.arange(k, dtype=y.dtype, device=model.device.native)
                 # confusion[i, j] = #(true i, predicted j), as a product of one-hot matrices
@@ -373,19 +350,37 @@ def evaluate(model, loader, *, loss_fn=softmax_cross_entropy, num_classes: int |
                     labels.append(y)
     finally:
         model.train(was_training)
+    if confusion is None and k is not None:
+        confusion = np.zeros((k, k))  # every process sends the same shapes, batches or not
+    (loss_total, confusion_host), seen = _totals(model, loader, (loss_sum, confusion), seen)
     if seen == 0:
         raise ValueError("the evaluation loader yielded no batches")
-    confusion_host = to_numpy(confusion).astype(np.int64)
+    confusion_host = confusion_host.astype(np.int64)
     result = EvalResult(
-        loss=float(to_numpy(loss_sum)) / seen,
+        loss=float(loss_total) / seen,
         accuracy=float(np.trace(confusion_host)) / seen,
         confusion=confusion_host,
         num_samples=seen,
     )
     if return_predictions:
-        result.predictions = to_numpy(xp.concat(preds)).astype(np.int64)
-        result.labels = to_numpy(xp.concat(labels)).astype(np.int64)
+        result.predictions, result.labels = _gathered(xp, loader, preds, labels, rows)
     return result
+
+
+def _gathered(xp, loader, preds, labels, rows):
+    """Predictions and labels in the loader's order as host int64 arrays; from every process, for a
+    data-parallel loader (each batch's share placed at its row in the global batch)."""
+    pred = to_numpy(xp.concat(preds)).astype(np.int64) if preds else np.zeros(0, np.int64)
+    true = to_numpy(xp.concat(labels)).astype(np.int64) if labels else np.zeros(0, np.int64)
+    comm = getattr(loader, "comm", None)
+    if comm is None:
+        return pred, true
+    position = np.concatenate([row + np.arange(int(p.shape[0])) for row, p in zip(rows, preds, strict=True)]
+                              or [np.zeros(0, np.int64)])
+    pieces = comm.allgather((position, pred, true))
+    position, pred, true = (np.concatenate([piece[i] for piece in pieces]) for i in range(3))
+    order = np.argsort(position, kind="stable")
+    return pred[order], true[order]
 
 
 def predict(model, x, batch_size: int | None = None):

@@ -96,13 +96,26 @@ def one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+_OUTPUT = {"silent": False}
+
+
+def set_silent(silent: bool) -> None:
+    """Silence `say` and `note` (every process of a data-parallel job but rank 0)."""
+    _OUTPUT["silent"] = bool(silent)
+
+
+def is_silent() -> bool:
+    return _OUTPUT["silent"]
+
+
 def say(quiet: bool, *parts) -> None:
-    if not quiet:
+    if not quiet and not _OUTPUT["silent"]:
         print(*parts, flush=True)
 
 
 def note(prog: str, message: str) -> None:
-    print(f"{prog}: {message}", file=sys.stderr, flush=True)
+    if not _OUTPUT["silent"]:
+        print(f"{prog}: {message}", file=sys.stderr, flush=True)
 
 
 # -- arguments -------------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import functools
 import signal
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,11 +27,12 @@ from typing import Any
 
 import numpy as np  # host side: which test image the pictures show
 
-from .. import models
+from .. import distributed, models
 from ..checkpoint import Checkpoint, checkpoint_arrays, write_checkpoint
 from ..data import DataLoader, parse_augment
 from ..optim import SGD, Adam
 from ..train import EvalResult, History, cosine_lr, evaluate, exponential_lr, fit
+from . import parallel
 from .common import (
     DEFAULTS,
     EVAL_BATCH_SIZE,
@@ -57,6 +57,7 @@ from .common import (
     restore_or_refuse,
     say,
     seed_int,
+    set_silent,
     smoothing_float,
     write_json,
 )
@@ -117,6 +118,9 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="PATH", help="continue from a checkpoint.npz")
     p.add_argument("--no-plots", action="store_true", help="skip the pictures")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines (for logs and CI)")
+    p.add_argument("--distributed", choices=("auto", "mpi", "nccl", "off"), default="auto",
+                   help="data-parallel training when an MPI launcher started the processes (mpiexec -n N python "
+                        "-m mpi4py scripts/train.py): auto (MPI), mpi, nccl (GPUs) or off (default: auto)")
     return p
 
 
@@ -159,81 +163,110 @@ def train_config(args, checkpoint: Checkpoint | None) -> dict[str, Any]:
 # -- the program -----------------------------------------------------------------------------------
 
 
-def _install_sigint():
-    """Make Ctrl-C raise KeyboardInterrupt even when the shell started us with SIGINT ignored."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    previous = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    return previous
-
-
 def train_main(argv: Sequence[str] | None = None) -> int:
     """``scripts/train.py``: returns the exit status (0; 1 when a file cannot be written; 2 for bad
-    arguments, with any folder it made for them removed again; 130 after Ctrl-C)."""
-    previous_handler = _install_sigint()
-    out = created = None
+    arguments, with any folder it made for them removed again; 130 after Ctrl-C). Under an MPI
+    launcher every process runs it and they train data-parallel (`parallel`)."""
+    set_silent(distributed.launcher_rank() not in (None, 0))  # one line per error, not one per process
+    holder = {"comm": distributed.SingleProcess()}
+    status = _train_main(argv, holder)
+    if status in (2, 130):  # every process got here with the same status
+        return holder["comm"].exit_together(status)
+    return status
+
+
+def _train_main(argv, holder: dict) -> int:
+    comm, previous_handler, folders = holder["comm"], None, _Folders()
     try:
         try:
             args = train_parser().parse_args(argv)
-            checkpoint = read_checkpoint(args.resume) if args.resume else None
-            config = train_config(args, checkpoint)
-            device = find_device(args.device)
-            if args.out is not None:
-                out = Path(args.out)
-                created = check_writable(out)
-            elif checkpoint is not None:
-                out = Path(args.resume).resolve().parent
-                check_writable(out, "the checkpoint's directory")
-            dataset, train_data, test_data = load_data(config["dataset"], args.data_dir, PROG)
-            config["dataset"] = dataset
-            if out is None:
-                stamp = time.strftime("%Y%m%d-%H%M%S")
-                out, created = new_run_dir(Path("runs") / f"{dataset}-{config['model']}-{stamp}")
+            comm = holder["comm"] = parallel.start(args, PROG)
+            previous_handler = parallel.install_stop_handler(comm)
+            checkpoint, config, device, train_data, test_data = _prepare(args, comm, folders)
         except KeyboardInterrupt:
-            remove_empty(out, created)
+            remove_empty(folders.out, folders.created)
             note(PROG, "interrupted before training started: nothing was written")
             return 130
-        return _train(args, config, checkpoint, device, out, train_data, test_data, created)
+        return _train(args, config, checkpoint, device, folders, train_data, test_data, comm)
     except UsageError as exc:
-        remove_empty(out, created)
+        remove_empty(folders.out, folders.created)
         note(PROG, f"error: {exc}")
         return 2
     except RunError as exc:
-        note(PROG, f"error: {exc}")
-        return 1
+        return parallel.fail(comm, PROG, f"error: {exc}")
     except OSError as exc:  # a picture or the last checkpoint that cannot be written
         where = f"cannot write {exc.filename!r}: {exc.strerror}" if exc.filename else one_line(exc)
-        note(PROG, f"error: {where}")
-        return 1
+        return parallel.fail(comm, PROG, f"error: {where}")
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGINT, previous_handler)
 
 
-def _train(args, config, checkpoint, device, out: Path, train_data, test_data, created: Path | None) -> int:
-    """`_run`, and on Ctrl-C the last finished epoch saved (`interrupted`)."""
+@dataclass
+class _Folders:
+    """The run folder, and the outermost folder this run created for it (removed again if left empty)."""
+
+    out: Path | None = None
+    created: Path | None = None
+
+
+def _prepare(args, comm, folders: _Folders):
+    """The checkpoint, configuration, device and data every process reads alike; rank 0 alone makes
+    the run folder. Any process's UsageError ends every process (`parallel.agree`)."""
+    error = checkpoint = config = device = train_data = test_data = None
+    try:
+        checkpoint = read_checkpoint(args.resume) if args.resume else None
+        config = train_config(args, checkpoint)
+        device = find_device(args.device)
+        if args.out is not None:
+            folders.out = Path(args.out)
+        elif checkpoint is not None:
+            folders.out = Path(args.resume).resolve().parent
+        if comm.rank == 0 and folders.out is not None:
+            created = check_writable(folders.out, "--out" if args.out is not None else "the checkpoint's directory")
+            folders.created = created if args.out is not None else None
+        dataset, train_data, test_data = load_data(config["dataset"], args.data_dir, PROG)
+        config["dataset"] = dataset
+        if comm.rank == 0 and folders.out is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            folders.out, folders.created = new_run_dir(Path("runs") / f"{dataset}-{config['model']}-{stamp}")
+    except UsageError as exc:
+        error = exc
+    folders.out = Path(parallel.agree(comm, error, str(folders.out) if folders.out else None))
+    return checkpoint, config, device, train_data, test_data
+
+
+def _train(args, config, checkpoint, device, folders: _Folders, train_data, test_data, comm) -> int:
+    """`_run`, and on Ctrl-C the last finished epoch saved by rank 0 (`interrupted`)."""
+    out = folders.out
     last = LastEpoch(out / CHECKPOINT_NAME)
     hint = resume_hint(args, device, last.path)
     try:
-        return _run(args, config, checkpoint, device, out, train_data, test_data, last)
+        return _run(args, config, checkpoint, device, out, train_data, test_data, last, comm)
     except KeyboardInterrupt:
+        if comm.rank != 0:
+            return 130
         if last.arrays is None:
-            remove_empty(out, created)  # the folders this run made, if nothing went into them yet
+            remove_empty(out, folders.created)  # the folders this run made, if nothing went into them yet
         return interrupted(last, PROG, hint, args.resume)
 
 
-def _run(args, config, checkpoint, device, out: Path, train_data, test_data, last: LastEpoch) -> int:
-    """Build, train, evaluate, write and report: the steps of a run once its inputs are checked."""
-    run = _build(config, device, out, train_data, test_data)
+def _run(args, config, checkpoint, device, out: Path, train_data, test_data, last: LastEpoch, comm) -> int:
+    """Build, train, evaluate, write and report: the steps of a run once its inputs are checked.
+    Every process trains and evaluates; rank 0 alone writes and reports."""
+    run = _build(config, device, out, train_data, test_data, comm)
     if checkpoint is not None:
         _resume(run, checkpoint, last, Path(args.resume))
+    if comm.size > 1:  # after the resume, so that rank 0's restored state is what every process starts from
+        run.optimizer = distributed.DistributedOptimizer(run.optimizer, comm)
     names = class_names(config["dataset"])
     _report_start(run, args.quiet, checkpoint, args.resume)
     written: list[str] = []
-    plots_ok = not args.no_plots and _draw_samples(run, names, written)
+    plots_ok = not args.no_plots and comm.rank == 0 and _draw_samples(run, names, written)
     _train_epochs(run, args.quiet, last)
     result = evaluate(run.model, run.test_loader, return_predictions=True)
+    if comm.rank != 0:
+        return 0
     metrics = _metrics(run, result, names)
     write_json(out / "metrics.json", metrics)
     write_json(out / "history.json", run.history.rows)
@@ -265,6 +298,7 @@ class _Run:
     train_loader: DataLoader
     test_loader: DataLoader
     history: History
+    comm: Any = None  # the job's communicator (`cnnxp.distributed`)
 
 
 def _make_optimizer(config: dict[str, Any], model):
@@ -275,15 +309,17 @@ def _make_optimizer(config: dict[str, Any], model):
     raise ValueError(f"unknown optimizer {config['optimizer']!r}: expected one of {', '.join(OPTIMIZERS)}")
 
 
-def _build(config: dict[str, Any], device, out: Path, train_data, test_data) -> _Run:
-    """The model (fresh weights from the seed), its optimizer and the loaders the configuration asks for."""
+def _build(config: dict[str, Any], device, out: Path, train_data, test_data, comm) -> _Run:
+    """The model (fresh weights from the seed), its optimizer and the loaders the configuration asks
+    for; with several processes the loaders give each its share of every batch."""
     (x_train, y_train), (x_test, y_test) = train_data, test_data
     model = models.build(config["model"], seed=config["seed"], device=device)
     optimizer = _make_optimizer(config, model)
     train_loader = DataLoader(x_train, y_train, config["batch_size"], shuffle=True, seed=config["seed"], device=device,
-                              augment=parse_augment(config["augment"]))
-    test_loader = DataLoader(x_test, y_test, EVAL_BATCH_SIZE, shuffle=False, device=device)
-    return _Run(config, device, out, train_data, test_data, model, optimizer, train_loader, test_loader, History())
+                              augment=parse_augment(config["augment"]), comm=comm)
+    test_loader = DataLoader(x_test, y_test, EVAL_BATCH_SIZE, shuffle=False, device=device, comm=comm)
+    return _Run(config, device, out, train_data, test_data, model, optimizer, train_loader, test_loader, History(),
+                comm)
 
 
 def _arrays(run: _Run, epoch: int) -> dict[str, np.ndarray]:
@@ -307,7 +343,9 @@ def _report_start(run: _Run, quiet: bool, checkpoint: Checkpoint | None, resumed
     say(quiet, f"{config['optimizer']} lr {config['lr']:g} ({config['schedule']}), batch {config['batch_size']}, "
                f"augmentation {config['augment']}, label smoothing {config['label_smoothing']:g}, "
                f"{config['epochs']} epochs, seed {config['seed']}; "
-               f"writing to {run.out}")
+               + (f"{run.comm.size} processes (data-parallel, batch {config['batch_size']} in all); "
+                  if run.comm.size > 1 else "")
+               + f"writing to {run.out}")
     if checkpoint is not None:
         say(quiet, f"resuming from {resumed_from} after epoch {checkpoint.epoch}")
 
@@ -319,8 +357,12 @@ def _schedule(config: dict[str, Any]):
 
 
 def _save_epoch(run: _Run, last: LastEpoch, history: History) -> None:
-    """After each epoch: its checkpoint (RunError naming it when it cannot be written), then history.json."""
+    """After each epoch: its checkpoint (RunError naming it when it cannot be written), then history.json;
+    rank 0's job alone (every process holds the same state)."""
     epoch = history.last["epoch"]
+    if run.comm.rank != 0:
+        last.epoch = epoch
+        return
     on_disk = last.epoch if last.saved else None
     last.keep(_arrays(run, epoch), epoch)
     try:
@@ -338,9 +380,10 @@ def _train_epochs(run: _Run, quiet: bool, last: LastEpoch) -> None:
     config = run.config
     schedule = _schedule(config)
     if len(run.history) < config["epochs"]:
+        speaks = not quiet and run.comm.rank == 0
         fit(run.model, run.optimizer, run.train_loader, config["epochs"], run.test_loader, history=run.history,
-            label_smoothing=config["label_smoothing"], lr_schedule=schedule, progress=not quiet,
-            log=None if quiet else print,
+            label_smoothing=config["label_smoothing"], lr_schedule=schedule, progress=speaks,
+            log=print if speaks else None,
             on_epoch_end=functools.partial(_save_epoch, run, last))
     else:
         say(quiet, f"the checkpoint already has {len(run.history)} epochs (--epochs {config['epochs']}): "
@@ -362,6 +405,7 @@ def _metrics(run: _Run, result: EvalResult, names: list[str]) -> dict[str, Any]:
         "test_loss": result.loss,
         "train_seconds": train_seconds,
         "images_per_second": images / train_seconds if train_seconds else None,
+        "world_size": run.comm.size,
         "train_accuracy": rows[-1].get("train_accuracy") if rows else None,
         "train_loss": rows[-1].get("train_loss") if rows else None,
         "per_class_accuracy": {names[i]: float(a) for i, a in enumerate(result.per_class_accuracy)},

@@ -2,11 +2,13 @@
 
 Each transform is called by `DataLoader` as ``transform(images, rng)`` on a float32
 batch ``(N, C, H, W)`` of pixel values 0..255 (before normalisation, so 0 is the
-background) and returns a batch of the same shape. Random draws come from the
-loader's seeded host ``Generator``, so a seed gives the same pictures on every
-device and a resumed loader continues exactly. Only those draws cross from the
-host (a few numbers per image); the indices are computed, and the pixels moved
-in one ``take_along_axis``, on the device.
+background) and returns a batch of the same shape. That is ``transform.apply(images,
+transform.draw(rng, N))``: `draw` takes each image's random numbers from the loader's seeded
+host ``Generator`` (so a seed gives the same pictures on every device and a resumed loader
+continues exactly), `apply` moves the pixels on the device. A data-parallel loader draws for
+the whole global batch and applies its own rows only, so the pictures do not depend on the
+number of processes. Only the draws cross from the host (a few numbers per image); the
+indices are computed, and the pixels moved, on the device.
 """
 
 from __future__ import annotations
@@ -50,10 +52,19 @@ class RandomShift:
         self.pixels = check_int(pixels, "RandomShift", "pixels", least=0)
 
     def __call__(self, images, rng: np.random.Generator):
-        with on_device_of(images):  # CuPy allocates on the current GPU: make it the images' one
-            return self._shift(images, rng)
+        return self.apply(images, self.draw(rng, int(images.shape[0])))
 
-    def _shift(self, images, rng: np.random.Generator):
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """The random numbers of ``n`` images: an (n, 2) array of vertical and horizontal shifts."""
+        s = self.pixels
+        return rng.integers(0, 2 * s + 1, size=(n, 2)) - s if s else np.zeros((n, 2), np.int64)
+
+    def apply(self, images, shifts: np.ndarray):
+        """``images`` moved by ``shifts`` (from `draw`, one row per image), on their device."""
+        with on_device_of(images):  # CuPy allocates on the current GPU: make it the images' one
+            return self._shift(images, shifts)
+
+    def _shift(self, images, shifts: np.ndarray):
         s = self.pixels
         if s == 0:
             return images
@@ -65,7 +76,7 @@ class RandomShift:
         wp = w + 2 * m
         # Image i takes the window starting at its offset (dy_i, dx_i) in [0, 2m] of the padded batch:
         # two integers per image cross to the device; the flat indices are made there.
-        offsets = np.clip(rng.integers(0, 2 * s + 1, size=(n, 2)) - s, -m, m) + m
+        offsets = np.clip(shifts, -m, m) + m
         start = _on_device((offsets[:, 0] * wp + offsets[:, 1]).astype(np.int64), images)
         dev = device_of(images)
         size = (h + 2 * m) * wp
@@ -107,15 +118,24 @@ class RandomAffine:
         self.scale = check_real(scale, "RandomAffine", "scale", 0.0, 1.0, high_open=True)
 
     def __call__(self, images, rng: np.random.Generator):
-        with on_device_of(images):  # CuPy allocates on the current GPU: make it the images' one
-            return self._warp(images, rng)
+        return self.apply(images, self.draw(rng, int(images.shape[0])))
 
-    def _warp(self, images, rng: np.random.Generator):
-        xp = array_namespace(images)
-        n, c, h, w = images.shape
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """The random numbers of ``n`` images: an (n, 4) array of angle (radians), zoom and two shifts."""
         angle = np.deg2rad(rng.uniform(-self.degrees, self.degrees, n))
         zoom = rng.uniform(1.0 - self.scale, 1.0 + self.scale, n)
         shift = rng.uniform(-self.translate, self.translate, (2, n))
+        return np.stack([angle, zoom, shift[0], shift[1]], axis=1)
+
+    def apply(self, images, params: np.ndarray):
+        """``images`` warped by ``params`` (from `draw`, one row per image), on their device."""
+        with on_device_of(images):  # CuPy allocates on the current GPU: make it the images' one
+            return self._warp(images, params)
+
+    def _warp(self, images, params: np.ndarray):
+        xp = array_namespace(images)
+        n, c, h, w = images.shape
+        angle, zoom, shift = params[:, 0], params[:, 1], np.stack([params[:, 2], params[:, 3]])
         # Beyond 4 (h + w + 2) pixels every output pixel reads background whatever the rotation and
         # zoom (zoom < 2), so larger shifts are clamped there: same images, and float32 stays finite.
         limit = 4.0 * (h + w + 2)

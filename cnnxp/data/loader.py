@@ -59,11 +59,25 @@ class DataLoader:
         that draws the order), so runs repeat and resume exactly.
     xp : module, optional
         The namespace of a native ``device`` object.
+    comm : communicator, optional
+        Data-parallel loading (`cnnxp.distributed`): every process draws the same order and
+        takes its own contiguous share of each global batch of ``batch_size`` samples (process
+        ``r`` of ``P`` rows ``r * n // P`` to ``(r + 1) * n // P`` of a batch of ``n``, so none is
+        padded or dropped and every process runs the same number of steps, some on an empty
+        share of a short last batch). Augmentation is drawn for the whole global batch and
+        applied to this process's rows; `row_offset` says where they start.
 
     Yields
     ------
     x : float32 array (B, 1, H, W) on the device, ``(pixels / 255 - NORMALIZE_MEAN) / NORMALIZE_STD``
     y : int64 array (B,) on the device
+
+    Attributes
+    ----------
+    row_offset : int
+        Of the batch last yielded: the index of its first row in the global batch (0 in one process).
+    global_batch : int
+        Of the batch last yielded: how many samples the global batch holds.
 
     Examples
     --------
@@ -87,6 +101,7 @@ class DataLoader:
         random_shift: int = 0,
         augment: Any = None,
         xp: ModuleType | None = None,
+        comm: Any = None,
     ) -> None:
         images = to_numpy(images)
         labels = to_numpy(labels)
@@ -122,6 +137,12 @@ class DataLoader:
             raise ValueError("DataLoader: give random_shift or augment, not both (random_shift=N is "
                              "augment=RandomShift(N))")
         self.augment = RandomShift(self.random_shift) if self.random_shift else augment
+        self.comm = comm if comm is not None and comm.size > 1 else None
+        if self.comm is not None and self.augment is not None and not hasattr(self.augment, "draw"):
+            raise TypeError("DataLoader: a data-parallel loader draws augmentation for the whole global batch, so "
+                            f"its transform needs draw(rng, n) and apply(pixels, params), as RandomAffine has; "
+                            f"got {self.augment!r}")
+        self.row_offset, self.global_batch = 0, 0
         self.device = get_device(device, xp)
         self.num_samples = int(images.shape[0])
         #: Smallest and largest label, read once on the host (training checks them against the model).
@@ -156,8 +177,11 @@ class DataLoader:
 
     def _batch(self, b: int, order) -> tuple[Any, Any]:
         xp = self.device.xp
-        start = b * self.batch_size
-        stop = min(start + self.batch_size, self.num_samples)
+        first = b * self.batch_size
+        n = min(first + self.batch_size, self.num_samples) - first
+        lo, hi = self._share(n)
+        self.row_offset, self.global_batch = lo, n
+        start, stop = first + lo, first + hi
         if order is None:
             images = self._images[start:stop, ...]
             labels = self._labels[start:stop]
@@ -167,9 +191,18 @@ class DataLoader:
             labels = xp.take(self._labels, index, axis=0)
         # Cast before any arithmetic: uint8 would wrap.
         pixels = xp.astype(images, xp.float32)
-        if self.augment is not None:
+        if self.augment is not None and self.comm is None:
             pixels = self.augment(pixels, self._rng)
+        elif self.augment is not None:  # the global batch's draws, this process's rows
+            pixels = self.augment.apply(pixels, self.augment.draw(self._rng, n)[lo:hi])
         return (pixels / 255.0 - NORMALIZE_MEAN) / NORMALIZE_STD, labels
+
+    def _share(self, n: int) -> tuple[int, int]:
+        """This process's rows ``lo:hi`` of a global batch of ``n``: all of them in one process."""
+        if self.comm is None:
+            return 0, n
+        rank, size = self.comm.rank, self.comm.size
+        return rank * n // size, (rank + 1) * n // size
 
     def state_dict(self) -> dict[str, Any]:
         """The epoch counter and the shuffling generator's state, as values an npz stores without pickle.

@@ -20,23 +20,26 @@ class Dropout(Layer):
     those four numbers crosses from the host. `get_rng_state` / `set_rng_state` make
     training resumable exactly.
 
-    ``offset`` (elements, default 0) shifts where the mask's numbers start: data-parallel
-    ranks holding rows ``r:`` of a global batch set it so that each draws its own rows of the
-    global batch's mask.
+    ``row_offset`` (default 0) is the index, in the global batch, of the input's first row:
+    a data-parallel process holding rows ``r:`` of a global batch draws those rows of the mask
+    one process would draw for the whole batch (`Sequential.row_offset` sets it).
     """
 
     def __init__(self, p=0.5, seed=None):
         super().__init__()
         self.p = check_real(p, "Dropout", "probability", 0.0, 1.0)
         self.rng = np.random.default_rng(make_rng(seed).integers(2**63)) if seed is None else make_rng(seed)
-        self.offset = 0
+        self.row_offset = 0
 
     def forward(self, x):
         if not self.training or self.p == 0.0:
             self.cache = 1.0
             return x
         key = self.rng.integers(0, random.KEY_BOUNDS)  # four Python-sized integers: kernel arguments, not a copy
-        mask = random.keep_mask(key, tuple(x.shape), self.p, x, offset=self.offset)
+        row = 1
+        for d in x.shape[1:]:
+            row *= int(d)
+        mask = random.keep_mask(key, tuple(x.shape), self.p, x, offset=self.row_offset * row)
         self.cache = mask
         return x * mask
 

@@ -1,0 +1,185 @@
+"""Data-parallel training on 2 MPI processes against one process, and what happens when things go wrong.
+
+Each test starts ``mpiexec -n 2 python -m mpi4py <script>`` with a timeout (pytest itself is never
+run under mpiexec: one rank's failed assertion would leave the other waiting). They skip where
+mpi4py or mpiexec is missing; `.ci/run` installs the ``mpi`` extra.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = ROOT / "tests" / "mpi_worker.py"
+TRAIN = ROOT / "scripts" / "train.py"
+MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+
+pytestmark = pytest.mark.skipif(MPIEXEC is None or subprocess.run([sys.executable, "-c", "import mpi4py"]).returncode,
+                                reason="mpi4py and mpiexec are not installed (pip install 'cnnxp[mpi]')")
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_", "PMIX_", "MPI_LOCAL"))}
+    env.update({"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}, **extra)
+    return env
+
+
+def mpirun(*args, ranks=2, timeout=120, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([MPIEXEC, "-n", str(ranks), sys.executable, "-m", "mpi4py", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env=_env(**env), cwd=ROOT)
+
+
+def run_job(tmp_path, job: dict, ranks: int) -> list[dict]:
+    """The worker's results, one dict per rank (a plain process for ranks=1)."""
+    out = tmp_path / f"job{ranks}"
+    if ranks == 1:
+        done = subprocess.run([sys.executable, str(WORKER), json.dumps(job), str(out)], capture_output=True,
+                              text=True, timeout=120, env=_env(), cwd=ROOT)
+    else:
+        done = mpirun(WORKER, json.dumps(job), out, ranks=ranks)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return [dict(np.load(f"{out}.{r}.npz")) for r in range(ranks)]
+
+
+def max_rel(a: dict, b: dict) -> float:
+    keys = [k for k in a if k.startswith("model/")]
+    return max(float(np.max(np.abs(a[k] - b[k])) / (np.abs(a[k]).max() + 1e-30)) for k in keys)
+
+
+JOBS = {  # 230 samples in batches of 64: 64, 64, 64, 38 (19 + 19 rows per process in the last)
+    "lenet5-sgd-float64": ({"model": "lenet5", "optimizer": "sgd", "dtype": "float64"}, 1e-12),
+    "lenet5-adam-float64": ({"model": "lenet5", "optimizer": "adam", "dtype": "float64"}, 1e-12),
+    "lenet5-sgd-float32": ({"model": "lenet5", "optimizer": "sgd", "dtype": "float32"}, 1e-5),
+    "lenet5-adam-float32": ({"model": "lenet5", "optimizer": "adam", "dtype": "float32"}, 1e-5),
+    "fashion-adam-float64": ({"model": "fashion", "optimizer": "adam", "dtype": "float64", "augment": True}, 1e-12),
+    "fashion-sgd-float32": ({"model": "fashion", "optimizer": "sgd", "dtype": "float32", "augment": True}, 1e-5),
+    # 193 samples: a last global batch of 1, so rank 0 steps on no rows at all (BatchNorm synchronised over them)
+    "lenet5-one-row-last": ({"model": "lenet5", "optimizer": "sgd", "dtype": "float64", "samples": 193}, 1e-12),
+    "fashion-one-row-last": ({"model": "fashion", "optimizer": "sgd", "dtype": "float64", "samples": 193}, 1e-12),
+}
+
+
+@pytest.mark.parametrize("name", list(JOBS))
+def test_two_processes_train_the_weights_of_one(tmp_path, name):
+    """Global batch B on 2 processes == batch B in one: the gradient average is weighted by each process's
+    rows (a short last batch stays exact), BatchNorm is synchronised, Dropout and augmentation are drawn
+    for the global batch. Both processes end bit-identical, and the sharded evaluation is the whole one."""
+    job, tolerance = JOBS[name]
+    job = {"samples": 230, "batch": 64, "epochs": 2 if job["dtype"] == "float64" else 1, **job}
+    (one,) = run_job(tmp_path, job, 1)
+    first, second = run_job(tmp_path, job, 2)
+    assert max_rel(one, first) < tolerance
+    for key in first:
+        np.testing.assert_array_equal(first[key], second[key], err_msg=key)  # both processes agree exactly
+    np.testing.assert_allclose(first["train_loss"], one["train_loss"], rtol=tolerance)
+    np.testing.assert_allclose(first["eval"], one["eval"], rtol=tolerance)
+    np.testing.assert_array_equal(first["confusion"], one["confusion"])
+    np.testing.assert_array_equal(first["labels"], one["labels"])  # gathered back in the loader's order
+    np.testing.assert_array_equal(first["predictions"], one["predictions"])
+
+
+@pytest.mark.parametrize("control", ["local_batchnorm", "seed_per_rank"])
+def test_the_controls_differ(tmp_path, control):
+    """The comparison above can fail: BatchNorm on each process's rows only, or a loader seed per
+    process (each draws its own order), give other weights."""
+    job = {"model": "fashion", "optimizer": "adam", "dtype": "float64", "samples": 230, "batch": 64, "epochs": 1,
+           control: True}
+    (one,) = run_job(tmp_path, {**job, control: False}, 1)
+    first, _ = run_job(tmp_path, job, 2)
+    assert max_rel(one, first) > 1e-6
+
+
+def _train_args(out, *extra):
+    return [TRAIN, "--dataset", "mnist-sample", "--epochs", "1", "--batch-size", "64", "--no-plots", "--quiet",
+            "--augment", "0", "--out", out, *extra]
+
+
+def test_the_command_line_under_two_processes(tmp_path):
+    """One run folder, every line printed once, world_size 2, and a checkpoint that resumes on one process."""
+    done = mpirun(*_train_args(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("test accuracy") == 1 and done.stdout.count("wrote ") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["test_accuracy"] > 0.5
+    resumed = subprocess.run([sys.executable, str(TRAIN), "--resume", str(tmp_path / "run" / "checkpoint.npz"),
+                              "--epochs", "2", "--quiet", "--no-plots"], capture_output=True, text=True, timeout=120,
+                             env=_env(), cwd=ROOT)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["world_size"] == 1
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--resume", "/nonexistent/checkpoint.npz"], "checkpoint '/nonexistent/checkpoint.npz' does not exist"),
+    (["--epochs", "0"], "argument --epochs: must be a positive integer, got 0"),
+])
+def test_a_usage_error_ends_both_processes_with_one_line(tmp_path, extra, message):
+    done = mpirun(*_train_args(tmp_path / "run"), *extra)
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines == [f"train.py: error: {message}"], done.stderr
+
+
+def test_an_unwritable_out_ends_both_processes_with_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    done = mpirun(*_train_args(blocker))
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines == [f"train.py: error: --out {str(blocker)!r} is a file, not a directory"], done.stderr
+
+
+@pytest.mark.parametrize("fault", ["raise", "stall"])
+def test_a_failing_or_stalled_process_ends_the_job_within_seconds(tmp_path, fault):
+    job = {"model": "lenet5", "optimizer": "sgd", "dtype": "float32", "samples": 230, "batch": 64, "epochs": 2,
+           "fault": fault}
+    start = time.monotonic()
+    done = mpirun(WORKER, json.dumps(job), tmp_path / "out", timeout=90, CNNXP_RANK_TIMEOUT="3")
+    assert done.returncode != 0, done
+    assert time.monotonic() - start < 45
+    said = done.stderr + done.stdout
+    if fault == "raise":
+        assert "rank 1 fails on purpose" in said
+    else:
+        assert "no answer from the other ranks in an allreduce for 3 s (one stalled or died): ending the job" in said
+
+
+def test_ctrl_c_stops_both_processes_after_the_same_step(tmp_path):
+    """SIGINT to mpiexec reaches every process; they agree at the next step, rank 0 saves the last
+    finished epoch, all end with status 130."""
+    args = [MPIEXEC, "-n", "2", sys.executable, "-m", "mpi4py", *map(str, _train_args(tmp_path / "run"))]
+    args[args.index("--epochs") + 1] = "30"
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "run" / "checkpoint.npz").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.count("interrupted: the checkpoint of epoch") == 1, err
+    assert "continue with: python scripts/train.py --resume" in err
+
+
+def test_without_mpi_one_process_trains_and_asking_for_more_says_what_to_install(tmp_path):
+    code = ("import sys; sys.modules['mpi4py'] = None\n"
+            "import cnnxp, cnnxp.distributed as d\n"
+            "assert 'mpi4py' not in sys.modules or sys.modules['mpi4py'] is None\n"
+            "assert d.init().size == 1\n"
+            "import os; os.environ['PMI_SIZE'] = '2'\n"
+            "try:\n    d.init()\nexcept d.DistributedUnavailableError as e:\n    print(e)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=_env(), cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'cnnxp[mpi]'" in done.stdout
+    plain = subprocess.run([sys.executable, "-c", "import sys, cnnxp; print('mpi4py' in sys.modules)"],
+                           capture_output=True, text=True, timeout=60, env=_env(), cwd=ROOT)
+    assert plain.stdout.strip() == "False"  # import cnnxp never starts MPI

@@ -129,16 +129,21 @@ class MPICommunicator:
         self.cuda_aware = os.environ.get("CNNXP_CUDA_AWARE_MPI") == "1"
 
     def _wait(self, request, what: str) -> None:
-        """Wait for ``request``; past the deadline, say so once and abort the whole job."""
-        deadline = time.monotonic() + self.timeout
-        pause = 0.0
+        """Wait for ``request``; past the deadline, say so once and abort the whole job.
+
+        It spins for the first 20 ms (a step's allreduce takes tens of microseconds, and a sleep
+        costs more than that), then checks every millisecond.
+        """
+        start = time.monotonic()
+        deadline, spin = start + self.timeout, start + 0.02
         while not request.Test():
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 print(f"cnnxp: rank {self.rank}: no answer from the other ranks in {what} for {self.timeout:g} s "
                       "(one stalled or died): ending the job", file=sys.stderr, flush=True)
                 self.abort(1)
-            time.sleep(pause)
-            pause = min(1e-3, pause + 1e-5)  # spin at first (a step's allreduce takes tens of microseconds)
+            if now > spin:
+                time.sleep(1e-3)
 
     def _host(self, x) -> tuple[np.ndarray, bool]:
         """A contiguous host buffer of ``x`` and whether it is ``x`` itself (else copy the result back)."""
@@ -289,15 +294,23 @@ class DistributedOptimizer:
         self.model.set_rng_state(comm.bcast(self.model.rng_state()))
 
     def step(self) -> None:
-        """One update from the gradients of every process's share of the batch."""
-        n = self.model.last_batch_size
-        agreed = self.comm.allreduce(np.array([n, int(_stop["requested"])], dtype=np.int64))
-        if agreed[1]:  # some process was asked to stop: all stop here, before updating
-            raise KeyboardInterrupt
+        """One update from the gradients of every process's share of the batch: the sum of each
+        process's flat gradient times its rows, over the sum of the rows, in one allreduce that also
+        carries the rows and whether a process was asked to stop (on the host; a GPU's gradient
+        goes in an allreduce of its own, so that nothing is read back from it)."""
+        n, stop = self.model.last_batch_size, int(_stop["requested"])
         opt = self.optimizer
         with self.model.device.activate():
-            grad = opt.flat_grads() * (n / int(agreed[0]))
-            opt.apply(self.comm.allreduce(grad))
+            grad = opt.flat_grads()
+            if isinstance(grad, np.ndarray):
+                summed = self.comm.allreduce(np.concatenate([grad * n, np.array([n, stop], dtype=grad.dtype)]))
+                total, stops, grad = int(summed[-2]), summed[-1], summed[:-2]
+            else:
+                total, stops = self.comm.allreduce(np.array([n, stop], dtype=np.int64))
+                grad = self.comm.allreduce(grad * n)
+            if stops:  # some process was asked to stop: all stop here, before updating
+                raise KeyboardInterrupt
+            opt.apply(grad / total)
 
 
 def limit_threads(comm) -> int | None:

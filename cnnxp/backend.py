@@ -126,7 +126,7 @@ def _import_cupy(asked: str = "cuda"):
     except ImportError as exc:
         raise DeviceUnavailableError(
             f"device {asked!r} needs CuPy, which is not installed: "
-            "pip install 'cnnxp[cuda12]' (CUDA 12) or 'cnnxp[cuda13]' (CUDA 13), or use --device cpu"
+            "pip install 'cnnxp[cuda12]' (CUDA 12) or 'cnnxp[cuda13]' (CUDA 13), or use the CPU (device 'cpu')"
         ) from exc
     return cupy
 
@@ -152,7 +152,7 @@ def _cuda_device(index: int, asked: str | None = None) -> Device:
     count = _gpu_count(cupy)
     if count == 0:
         raise DeviceUnavailableError(
-            f"device 'cuda:{index}' is not available: CuPy is installed but finds no CUDA GPU; use --device cpu"
+            f"device 'cuda:{index}' is not available: CuPy is installed but finds no CUDA GPU; use the CPU (device 'cpu')"
         )
     if index >= count:
         valid = ", ".join(f"cuda:{i}" for i in range(count))

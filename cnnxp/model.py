@@ -64,9 +64,7 @@ class Sequential:
         ReLU working on a quarter of them.
         """
         backend.check_input(x, self.device, "the model")
-        if not self.device.xp.isdtype(x.dtype, "real floating"):
-            raise TypeError(f"the model expected floating-point input (N, C, H, W), got {x.dtype}: "
-                            "convert images first, e.g. (x / 255 - 0.1307) / 0.3081 as float32")
+        self._check_dtype(x)
         with self.device.activate():
             for i, layer in enumerate(self.layers):
                 try:
@@ -78,6 +76,18 @@ class Sequential:
         return x
 
     __call__ = forward
+
+    def _check_dtype(self, x) -> None:
+        """TypeError unless ``x`` is floating point of the weights' dtype, as PyTorch refuses a float64 input
+        to a float32 layer (silently computing in float64 would cost twice the memory and time)."""
+        xp = self.device.xp
+        if not xp.isdtype(x.dtype, "real floating"):
+            raise TypeError(f"the model expected floating-point input (N, C, H, W), got {x.dtype}: convert images "
+                            "first with cnnxp.data.normalize(images) ((x / 255 - 0.1307) / 0.3081 as float32)")
+        weight = next((v for layer in self.layers for v in layer.params.values()), None)
+        if weight is not None and x.dtype != weight.dtype:
+            raise TypeError(f"the model's weights are {weight.dtype} but the input is {x.dtype}: convert the input "
+                            f"(xp.astype(x, xp.{weight.dtype})) or the model (model.to(device, dtype='{x.dtype}'))")
 
     @property
     def row_offset(self) -> int:

@@ -67,7 +67,7 @@ def test_another_library_on_a_device_of_the_same_name_is_named():
 
 def test_cuda_without_gpu(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(None))
-    with pytest.raises(cnnxp.DeviceUnavailableError, match="finds no CUDA GPU; use --device cpu"):
+    with pytest.raises(cnnxp.DeviceUnavailableError, match=r"finds no CUDA GPU; use the CPU \(device 'cpu'\)$"):
         cnnxp.get_device("cuda")
 
 

@@ -155,9 +155,12 @@ def test_iter_draws_the_order_immediately():
     ({"batch_size": 2.5}, TypeError, r"^DataLoader batch_size must be an int, got 2\.5 \(float\)$"),
     ({"batch_size": True}, TypeError, r"^DataLoader batch_size must be an int, got True \(bool\)$"),
     ({"seed": -1}, ValueError, r"^DataLoader seed must be an int >= 0, got -1$"),
-    ({"images": np.zeros((5, 28 * 28), np.uint8)}, ValueError, r"shape \(N, H, W\) or \(N, 1, H, W\), got \(5, 784\)"),
-    ({"images": np.zeros((5, 3, 28, 28), np.uint8)}, ValueError, r"got \(5, 3, 28, 28\)"),
-    ({"images": np.zeros((5, 28, 28), np.float32)}, TypeError, "uint8 images"),
+    ({"images": np.zeros((5, 28 * 28), np.uint8)}, ValueError, r"shape \(N, H, W\) or \(N, C, H, W\), got \(5, 784\)"),
+    ({"images": np.zeros((5, 32, 32, 3), np.uint8)}, ValueError,
+     r"got \(5, 32, 32, 3\), which looks channels-last \(N, H, W, C\): pass images.transpose\(0, 3, 1, 2\)$"),
+    ({"images": np.zeros((5, 28, 28), np.int32)}, TypeError, r"uint8 images \(0..255\) or floating-point ones \(0..1\), got int32"),
+    ({"images": np.zeros((5, 3, 8, 8), np.uint8), "mean": (0.5, 0.5)}, ValueError,
+     r"^DataLoader mean needs one value or one per channel \(3\), got 2$"),
     ({"labels": np.zeros((5, 1), np.int64)}, ValueError, r"labels of shape \(N,\), got \(5, 1\)"),
     ({"labels": np.zeros(5, np.float32)}, TypeError, "integer class labels"),
     ({"device": "tpu"}, ValueError, "unknown device 'tpu'"),
@@ -168,6 +171,55 @@ def test_bad_arguments(kwargs, error, message):
     args.update(kwargs)
     with pytest.raises(error, match=message):
         DataLoader(**args)
+
+
+def test_channels_and_per_channel_normalisation():
+    """Three-channel uint8 images, per-channel mean and std, as torchvision's Normalize computes them."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 3, 5, 4), dtype=np.uint8)
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    x, y = next(iter(DataLoader(images, np.arange(6), batch_size=6, shuffle=False, mean=mean, std=std)))
+    expected = (images / np.float32(255) - np.array(mean, np.float32)[:, None, None]) / np.array(std, np.float32)[:, None, None]
+    assert x.shape == (6, 3, 5, 4) and x.dtype == np.float32
+    np.testing.assert_allclose(x, expected, rtol=1e-6, atol=1e-6)
+    torch = pytest.importorskip("torch")
+    reference = (torch.from_numpy(images).float() / 255 - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    np.testing.assert_allclose(x, reference.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_float_images_are_taken_as_0_to_1():
+    images = np.random.default_rng(1).random((4, 2, 3, 3))  # float64, one value per pixel in [0, 1)
+    x, _ = next(iter(DataLoader(images, np.arange(4), batch_size=4, shuffle=False, mean=0.5, std=0.25)))
+    assert x.dtype == np.float32
+    np.testing.assert_allclose(x, ((images - 0.5) / 0.25).astype(np.float32), rtol=1e-6, atol=1e-6)
+
+
+def test_normalize_matches_the_loader():
+    images = np.random.default_rng(2).integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    x, _ = next(iter(DataLoader(images, np.arange(5), batch_size=5, shuffle=False)))
+    np.testing.assert_array_equal(cnnxp.data.normalize(images), x)
+    rgb = np.random.default_rng(3).integers(0, 256, (2, 3, 4, 4), dtype=np.uint8)
+    out = cnnxp.data.normalize(rgb, mean=(0.1, 0.2, 0.3), std=(1, 2, 4))
+    np.testing.assert_allclose(out[:, 2], (rgb[:, 2] / 255 - 0.3) / 4, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match=r"^normalize std needs one value or one per channel \(3\), got 2$"):
+        cnnxp.data.normalize(rgb, std=(1, 2))
+
+
+def test_a_three_channel_dataset_trains():
+    """Colour images through DataLoader and fit: a network with 3 input channels learns which channel is bright."""
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 3, 300)
+    images = rng.integers(0, 60, (300, 3, 8, 8)).astype(np.uint8)
+    images[np.arange(300), labels] += 150
+    from cnnxp.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
+    from cnnxp.model import Sequential
+    from cnnxp.optim import Adam
+    from cnnxp.train import evaluate, fit
+    model = Sequential([Conv2D(3, 4, 3, padding=1, seed=0), MaxPool2D(2), ReLU(), Flatten(), Dense(4 * 4 * 4, 3, seed=1)])
+    loader = DataLoader(images[:240], labels[:240], batch_size=16, seed=0, mean=(0.3,) * 3, std=(0.3,) * 3)
+    fit(model, Adam(model, lr=0.01), loader, epochs=3, progress=False, log=None)
+    test = DataLoader(images[240:], labels[240:], batch_size=30, shuffle=False, mean=(0.3,) * 3, std=(0.3,) * 3)
+    assert evaluate(model, test).accuracy >= 0.95
 
 
 def test_device_attribute_and_repr():

@@ -612,3 +612,16 @@ def test_optimizer_arguments_are_checked_when_made(make, error, message):
 def test_loss_input_types(logits, labels, message):
     with pytest.raises(TypeError, match=message):
         losses.softmax_cross_entropy(logits, labels)
+
+
+def test_float64_input_to_a_float32_model_is_refused_as_pytorch_does():
+    """PyTorch raises on a double input to a float layer; computing silently in float64 would cost twice."""
+    model = lenet5(seed=0)
+    with pytest.raises(TypeError, match=r"^the model's weights are float32 but the input is float64: convert the input "
+                                        r"\(xp.astype\(x, xp.float32\)\) or the model \(model.to\(device, dtype='float64'\)\)$"):
+        model(np.zeros((2, 1, 28, 28), np.float64))
+    torch = pytest.importorskip("torch")
+    with pytest.raises(RuntimeError, match="same dtype|should be the same"):
+        torch.nn.Conv2d(1, 6, 5)(torch.zeros((2, 1, 28, 28), dtype=torch.float64))
+    wide = lenet5(seed=0).to("cpu", dtype="float64")  # the model cast instead: it takes float64
+    assert wide(np.zeros((2, 1, 28, 28), np.float64)).dtype == np.float64

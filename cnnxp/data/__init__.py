@@ -3,7 +3,7 @@
 from .augment import RandomAffine, RandomShift, parse_augment
 from .datasets import DATASETS, DatasetNotFoundError, load_dataset
 from .idx import read_idx, write_idx
-from .loader import NORMALIZE_MEAN, NORMALIZE_STD, DataLoader
+from .loader import NORMALIZE_MEAN, NORMALIZE_STD, DataLoader, normalize
 
 __all__ = [
     "DATASETS",
@@ -14,6 +14,7 @@ __all__ = [
     "RandomAffine",
     "RandomShift",
     "load_dataset",
+    "normalize",
     "parse_augment",
     "read_idx",
     "write_idx",

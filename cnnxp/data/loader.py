@@ -1,7 +1,7 @@
-"""A device-aware batch loader for image classification datasets.
+"""A device-aware batch loader for image classification datasets, and the normalisation it applies.
 
-The dataset moves to the device once, as uint8 (a quarter of float32's size);
-each batch is gathered and converted to normalised float32 there. Shuffling
+The dataset moves to the device once, as uint8 (a quarter of float32's size) when
+it is; each batch is gathered and converted to normalised float32 there. Shuffling
 draws a permutation on the host from a seeded NumPy ``Generator``, so the same
 seed gives the same batches on every device.
 """
@@ -20,7 +20,7 @@ from .._checks import check_int
 from ..backend import get_device, to_device, to_numpy
 from .augment import RandomShift
 
-__all__ = ["DataLoader", "NORMALIZE_MEAN", "NORMALIZE_STD"]
+__all__ = ["DataLoader", "NORMALIZE_MEAN", "NORMALIZE_STD", "normalize"]
 
 #: Mean and standard deviation of MNIST's training pixels scaled to [0, 1]; a batch is
 #: ``(x / 255 - NORMALIZE_MEAN) / NORMALIZE_STD``, as in PyTorch's MNIST examples.
@@ -29,13 +29,71 @@ NORMALIZE_MEAN = 0.1307
 NORMALIZE_STD = 0.3081
 
 
+def _as_nchw(images: np.ndarray) -> np.ndarray:
+    """Images as (N, C, H, W), any channel count, from (N, H, W) or (N, C, H, W); uint8 or floating.
+
+    A trailing axis of 1, 3 or 4 after two larger ones looks like channels-last: said, not guessed.
+    """
+    if images.ndim == 3:
+        images = images.reshape(images.shape[0], 1, *images.shape[1:])
+    elif images.ndim != 4:
+        raise ValueError(f"DataLoader expected images of shape (N, H, W) or (N, C, H, W), got {images.shape}")
+    elif images.shape[3] in (1, 3, 4) and images.shape[1] > 4 and images.shape[2] > 4:
+        raise ValueError(f"DataLoader expected images of shape (N, C, H, W), got {images.shape}, which looks "
+                         "channels-last (N, H, W, C): pass images.transpose(0, 3, 1, 2)")
+    if images.dtype != np.uint8 and images.dtype.kind != "f":
+        raise TypeError(f"DataLoader expected uint8 images (0..255) or floating-point ones (0..1), got "
+                        f"{images.dtype}: pass the arrays load_dataset returns")
+    return images
+
+
+def _per_channel(xp, values, channels: int, device, what: str):
+    """``values`` as a Python float (one for every channel) or a (1, C, 1, 1) float32 array on ``device``."""
+    if isinstance(values, (int, float)) and not isinstance(values, bool):
+        return float(values)
+    arr = np.asarray(values, dtype=np.float32).reshape(-1)
+    if arr.size != channels:
+        raise ValueError(f"{what} needs one value or one per channel ({channels}), got {arr.size}")
+    return to_device(arr.reshape(1, channels, 1, 1), device)
+
+
+def normalize(images, mean=NORMALIZE_MEAN, std=NORMALIZE_STD):
+    """Images as a network takes them: float32 (N, C, H, W), ``(pixels - mean) / std`` per channel.
+
+    ``images``: uint8 (N, H, W) or (N, C, H, W) with values 0..255 (divided by 255 first), or
+    floating-point ones with values 0..1; on any device, and returned there. ``mean`` and
+    ``std``: one number, or one per channel (as ``torchvision.transforms.Normalize``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> normalize(np.full((2, 28, 28), 255, np.uint8)).shape
+    (2, 1, 28, 28)
+    """
+    from array_api_compat import array_namespace
+
+    from ..backend import array_device
+
+    xp = array_namespace(images)
+    if len(images.shape) == 3:
+        images = xp.reshape(images, (images.shape[0], 1, *images.shape[1:]))
+    scale = 255.0 if images.dtype == xp.uint8 else 1.0
+    dev = array_device(images)
+    channels = int(images.shape[1])
+    with dev.activate():
+        m = _per_channel(xp, mean, channels, dev, "normalize mean")
+        s = _per_channel(xp, std, channels, dev, "normalize std")
+        return (xp.astype(images, xp.float32) / scale - m) / s
+
+
 class DataLoader:
     """Iterate over ``(x, y)`` batches on a device, one epoch per ``iter()``.
 
     Parameters
     ----------
-    images : array, uint8, shape (N, H, W) or (N, 1, H, W)
-        Pixel values 0..255 (as `load_dataset` returns them), on any device.
+    images : array, shape (N, H, W) or (N, C, H, W)
+        uint8 pixel values 0..255 (as `load_dataset` returns them), or floating-point values
+        0..1 (kept as float32), any number of channels, on any device.
     labels : array of integers, shape (N,)
     batch_size : int
         At least 1.
@@ -54,11 +112,15 @@ class DataLoader:
         ``augment=RandomShift(random_shift)``. 0 (the default) turns it off.
     augment : callable, optional
         Training-time augmentation ``augment(pixels, rng) -> pixels`` applied to each batch
-        on the device, on float32 pixel values 0..255 before normalisation, such as
+        on the device, on float32 pixel values as stored (0..255 for uint8) before normalisation, such as
         `cnnxp.data.RandomAffine`. It draws from the loader's seeded generator (the one
         that draws the order), so runs repeat and resume exactly.
     xp : module, optional
         The namespace of a native ``device`` object.
+    mean, std : float or sequence of floats
+        Normalisation, one number or one per channel (MNIST's by default, as in PyTorch's
+        MNIST examples; ``(0.4914, 0.4822, 0.4465)`` and ``(0.2470, 0.2435, 0.2616)`` for
+        CIFAR-10, say): each batch is ``(pixels - mean) / std`` on pixels scaled to 0..1.
     comm : communicator, optional
         Data-parallel loading (`cnnxp.distributed`): every process draws the same order and
         takes its own contiguous share of each global batch of ``batch_size`` samples (process
@@ -69,7 +131,7 @@ class DataLoader:
 
     Yields
     ------
-    x : float32 array (B, 1, H, W) on the device, ``(pixels / 255 - NORMALIZE_MEAN) / NORMALIZE_STD``
+    x : float32 array (B, C, H, W) on the device, ``(pixels / 255 - mean) / std`` (``/ 255`` for uint8 only)
     y : int64 array (B,) on the device
 
     Attributes
@@ -102,20 +164,11 @@ class DataLoader:
         augment: Any = None,
         xp: ModuleType | None = None,
         comm: Any = None,
+        mean: Any = NORMALIZE_MEAN,
+        std: Any = NORMALIZE_STD,
     ) -> None:
-        images = to_numpy(images)
+        images = _as_nchw(to_numpy(images))
         labels = to_numpy(labels)
-        if images.ndim == 3:
-            images = images.reshape(images.shape[0], 1, *images.shape[1:])
-        elif images.ndim != 4 or images.shape[1] != 1:
-            raise ValueError(
-                f"DataLoader expected images of shape (N, H, W) or (N, 1, H, W), got {images.shape}"
-            )
-        if images.dtype != np.uint8:
-            raise TypeError(
-                f"DataLoader expected uint8 images with pixel values 0..255, got {images.dtype}: "
-                "pass the arrays load_dataset returns"
-            )
         if labels.ndim != 1:
             raise ValueError(f"DataLoader expected labels of shape (N,), got {labels.shape}")
         if labels.dtype.kind not in "iu":
@@ -149,7 +202,13 @@ class DataLoader:
         self.label_range = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
         self.epoch = 0
         self._rng = np.random.default_rng(self.seed)
-        self._images = to_device(np.ascontiguousarray(images), self.device)
+        self._images = to_device(np.ascontiguousarray(images if images.dtype == np.uint8 else
+                                                      images.astype(np.float32, copy=False)), self.device)
+        self._scale = 255.0 if images.dtype == np.uint8 else 1.0
+        channels = int(images.shape[1])
+        with self.device.activate():
+            self.mean = _per_channel(self.device.xp, mean, channels, self.device, "DataLoader mean")
+            self.std = _per_channel(self.device.xp, std, channels, self.device, "DataLoader std")
         self._labels = to_device(labels.astype(np.int64), self.device)
 
     def __len__(self) -> int:
@@ -195,7 +254,7 @@ class DataLoader:
             pixels = self.augment(pixels, self._rng)
         elif self.augment is not None:  # the global batch's draws, this process's rows
             pixels = self.augment.apply(pixels, self.augment.draw(self._rng, n)[lo:hi])
-        return (pixels / 255.0 - NORMALIZE_MEAN) / NORMALIZE_STD, labels
+        return (pixels / self._scale - self.mean) / self.std, labels
 
     def _share(self, n: int) -> tuple[int, int]:
         """This process's rows ``lo:hi`` of a global batch of ``n``: all of them in one process."""

@@ -270,7 +270,7 @@ class DistributedOptimizer:
 
     def _check_same_parameters(self) -> None:
         mine = [(key, tuple(layer.params[name].shape), str(layer.params[name].dtype))
-                for key, layer, name in self.model.named_parameters()]
+                for key, layer, name in self.model.parameter_slots()]
         for rank, theirs in enumerate(self.comm.allgather(mine)):
             if theirs != mine:
                 diff = next((f"{a} against {b}" for a, b in zip(mine, theirs, strict=False) if a != b),

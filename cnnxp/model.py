@@ -8,6 +8,7 @@ from typing import Any
 from . import backend
 from .layers.base import Layer
 from .layers.dropout import Dropout
+from .layers.normalization import BatchNorm2D
 
 __all__ = ["Sequential"]
 
@@ -18,6 +19,14 @@ def _at_layer(index: int, layer, exc: Exception) -> Exception:
         return type(exc)(f"layer {index} ({layer!r}): {exc}")
     except TypeError:  # an exception type that takes other arguments: keep it as it was
         return exc
+
+
+class Parameters(list):
+    """A list of a model's parameter arrays (`Sequential.parameters`) that knows its model."""
+
+    def __init__(self, arrays, model: Sequential):
+        super().__init__(arrays)
+        self.model = model
 
 
 class Sequential:
@@ -152,17 +161,28 @@ class Sequential:
     def __getitem__(self, index):
         return self.layers[index]
 
+    def parameters(self) -> Parameters:
+        """The parameter arrays, in order, as PyTorch's ``model.parameters()`` gives them.
+
+        The list remembers its model, so ``SGD(model.parameters(), lr=0.1)`` works as in PyTorch
+        (the optimizers update the model's layers, whose arrays they may replace).
+        """
+        return Parameters((layer.params[name] for _, layer, name in self.parameter_slots()), model=self)
+
     def named_parameters(self):
-        """Yield ``(key, layer, name)`` for every parameter, with dotted keys such as ``"0.weight"``."""
+        """Yield ``(key, array)`` for every parameter, keys dotted as in the state dict (``"0.weight"``)."""
+        for key, layer, name in self.parameter_slots():
+            yield key, layer.params[name]
+
+    def parameter_slots(self):
+        """Yield ``(key, layer, name)`` for every parameter: where it lives, for code that replaces it
+        (``layer.params[name] = ...``) or reads its gradient (``layer.grads[name]``)."""
         for i, layer in enumerate(self.layers):
             for name in layer.params:
                 yield f"{i}.{name}", layer, name
 
     def num_parameters(self) -> int:
-        total = 0
-        for _, layer, name in self.named_parameters():
-            total += math.prod(layer.params[name].shape)
-        return total
+        return sum(math.prod(array.shape) for _, array in self.named_parameters())
 
     # -- state ----------------------------------------------------------------------
 
@@ -178,10 +198,14 @@ class Sequential:
     def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
         """Copy arrays from ``state`` (any device or library) into the model, on the model's device.
 
+        A PyTorch ``nn.Sequential`` of the same layers has the same keys (`cnnxp.interop`): its
+        state dict loads as it is, BatchNorm's ``num_batches_tracked`` counters skipped (cnnxp
+        does not count batches; a set momentum never reads the count).
         Raises KeyError naming missing or unexpected keys (when ``strict``) and
         ValueError for a shape that does not match.
         """
         own = self.state_dict()
+        state = {key: value for key, value in state.items() if not self._is_batch_count(key)}
         if strict:
             missing = sorted(set(own) - set(state))
             unexpected = sorted(set(state) - set(own))
@@ -204,6 +228,11 @@ class Sequential:
             layer = self.layers[int(index)]
             store = layer.params if name in layer.params else layer.buffers
             store[name] = value
+
+    def _is_batch_count(self, key: str) -> bool:
+        index, _, name = key.partition(".")
+        return (name == "num_batches_tracked" and index.isdigit() and int(index) < len(self.layers)
+                and isinstance(self.layers[int(index)], BatchNorm2D))
 
     def rng_state(self) -> dict[str, str]:
         """The random state of every Dropout layer, by layer index (JSON strings)."""

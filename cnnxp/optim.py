@@ -28,6 +28,16 @@ from ._checks import check_real
 __all__ = ["SGD", "Adam", "Optimizer"]
 
 
+def _the_model(model, owner: str):
+    """The model an optimizer updates: given itself, or through ``model.parameters()`` (PyTorch's habit)."""
+    model = getattr(model, "model", model)  # model.parameters() remembers its model
+    if hasattr(model, "parameter_slots") and hasattr(model, "device"):
+        return model
+    raise TypeError(f"{owner} expected a cnnxp Sequential or its parameters(), got {type(model).__name__}: "
+                    f"{owner}(model, lr=...) or {owner}(model.parameters(), lr=...) (it updates the layers' "
+                    "arrays in place, so it needs the model they belong to)")
+
+
 class Optimizer:
     """Updates every parameter of a model from its ``grads``, in place, on the model's device.
 
@@ -38,10 +48,8 @@ class Optimizer:
 
     def __init__(self, model, lr: float, weight_decay: float = 0.0):
         owner = type(self).__name__
-        if not (hasattr(model, "named_parameters") and hasattr(model, "device")):
-            raise TypeError(f"{owner} expected a cnnxp Sequential as its model, got {type(model).__name__}: "
-                            f"{owner}(model, lr=...) with model = Sequential([...])")
-        self._slots = [(key, layer, name) for key, layer, name in model.named_parameters()]
+        model = _the_model(model, owner)
+        self._slots = list(model.parameter_slots())
         if not self._slots:
             raise ValueError(f"{owner} got a model with no parameters: nothing to train")
         lr = check_real(lr, owner, "learning rate", 0.0, low_open=True)

@@ -189,7 +189,7 @@ def make_data(batch: int, seed: int = 0):
 def initial_weights(model_name: str) -> list:
     """cnnxp's preset weights (seed 0) as NumPy arrays, in order: both libraries start from them."""
     model = MODELS[model_name](seed=0)
-    return [cnnxp.to_numpy(layer.params[name]) for _, layer, name in model.named_parameters()]
+    return [cnnxp.to_numpy(layer.params[name]) for _, layer, name in model.parameter_slots()]
 
 
 class CnnxpRunner:

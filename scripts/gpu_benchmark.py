@@ -140,7 +140,7 @@ def torch_preset(torch, name: str, device):
     """The PyTorch twin of cnnxp's preset (seed 0), its weights copied from cnnxp's, and its optimizer."""
     model = torch_layers(torch, name).to(device)
     ours = models.build(name, seed=0)
-    weights = [cnnxp.to_numpy(layer.params[p]) for _, layer, p in ours.named_parameters()]
+    weights = [cnnxp.to_numpy(layer.params[p]) for _, layer, p in ours.parameter_slots()]
     params = list(model.parameters())
     if [tuple(p.shape) for p in params] != [w.shape for w in weights]:
         raise RuntimeError(f"the PyTorch {name} does not match cnnxp's parameter shapes")

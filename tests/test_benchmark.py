@@ -82,7 +82,7 @@ def test_both_libraries_train_from_the_same_weights_and_every_round_starts_from_
         for _ in range(5):
             ours.train_step()
             theirs.train_step()
-        ours_now = [bench.cnnxp.to_numpy(layer.params[name]) for _, layer, name in ours.model.named_parameters()]
+        ours_now = [bench.cnnxp.to_numpy(layer.params[name]) for _, layer, name in ours.model.parameter_slots()]
         theirs_now = [p.detach().numpy() for p in theirs.model.parameters()]
         for a, b, w in zip(ours_now, theirs_now, start, strict=True):
             assert not (b == w).all()  # training moved them
@@ -90,7 +90,7 @@ def test_both_libraries_train_from_the_same_weights_and_every_round_starts_from_
         ours.reset()
         theirs.reset()
         assert ours.opt.state == {} and theirs.opt.state_dict()["state"] == {}
-        for key, layer, name in ours.model.named_parameters():
+        for key, layer, name in ours.model.parameter_slots():
             assert (bench.cnnxp.to_numpy(layer.params[name]) == ours.initial[key]).all()
         for p, w in zip(theirs.model.parameters(), start, strict=True):
             assert torch.equal(p.detach(), torch.from_numpy(w))

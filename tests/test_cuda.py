@@ -50,7 +50,7 @@ def _host(state: dict) -> dict[str, np.ndarray]:
 
 
 def _params(model) -> list:
-    return [layer.params[name] for _, layer, name in model.named_parameters()]
+    return [layer.params[name] for _, layer, name in model.parameter_slots()]
 
 
 def _assert_on(device: cnnxp.Device, *arrays) -> None:
@@ -207,9 +207,9 @@ def test_optimizers_on_cuda_match_numpy(gpu, name):
     rng = np.random.default_rng(0)
     for _ in range(3):
         grads = {key: rng.standard_normal(tuple(layer.params[p].shape)).astype(np.float32)
-                 for key, layer, p in nets["cpu"].named_parameters()}
+                 for key, layer, p in nets["cpu"].parameter_slots()}
         for dev in (gpu, CPU):
-            for key, layer, p in nets[dev.name].named_parameters():
+            for key, layer, p in nets[dev.name].parameter_slots():
                 layer.grads[p] = cnnxp.to_device(grads[key], dev)
             opts[dev.name].step()
     _assert_on(gpu, *_params(nets[gpu.name]))

@@ -372,7 +372,7 @@ def run_model(model, x, y):
     """Logits, input gradient and every parameter gradient of one training step, and eval logits."""
     loss, grad = cnnxp.losses.softmax_cross_entropy(model.train()(x), y)
     grad_in = model.backward(grad)
-    results = [host(loss), host(grad_in)] + [host(layer.grads[name]) for _, layer, name in model.named_parameters()]
+    results = [host(loss), host(grad_in)] + [host(layer.grads[name]) for _, layer, name in model.parameter_slots()]
     return results + [host(model.eval()(x))]
 
 

@@ -588,7 +588,8 @@ def test_a_failed_state_load_changes_nothing():
 
 
 @pytest.mark.parametrize("make,error,message", [
-    (lambda m: optim.SGD(m.layers, 0.1), TypeError, r"^SGD expected a cnnxp Sequential as its model, got list"),
+    (lambda m: optim.SGD(m.layers, 0.1), TypeError, r"^SGD expected a cnnxp Sequential or its parameters\(\), got list: SGD\(model, lr=...\) or "
+     r"SGD\(model.parameters\(\), lr=...\) \(it updates the layers' arrays in place, so it needs the model they belong to\)$"),
     (lambda m: optim.SGD(cnnxp.Sequential([layers.ReLU()]), 0.1), ValueError, "SGD got a model with no parameters"),
     (lambda m: optim.SGD(m, "0.1"), TypeError, r"SGD learning rate must be a number, got '0.1' \(str\)"),
     (lambda m: optim.SGD(m, float("inf")), ValueError, r"SGD learning rate must be a finite number in \(0, inf\), got inf"),

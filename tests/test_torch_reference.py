@@ -241,7 +241,7 @@ def test_lenet5_step_matches_torch():
     tloss.backward()
     assert abs(float(loss) - tloss.item()) < 1e-10
     tgrads = {k: p.grad.numpy() for k, p in tmodel.named_parameters()}
-    for key, layer, name in model.named_parameters():
+    for key, layer, name in model.parameter_slots():
         assert rel_err(layer.grads[name], tgrads[key]) < RTOL, key
 
 

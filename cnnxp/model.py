@@ -87,14 +87,16 @@ class Sequential:
     __call__ = forward
 
     def _check_dtype(self, x) -> None:
-        """TypeError unless ``x`` is floating point of the weights' dtype, as PyTorch refuses a float64 input
-        to a float32 layer (silently computing in float64 would cost twice the memory and time)."""
+        """TypeError unless ``x`` is floating point and no wider than the weights: PyTorch refuses a float64
+        input to a float32 layer, and computing silently in float64 would cost twice the memory and time.
+        A narrower input (the loader's float32 batches into a float64 model) is computed in the weights'
+        dtype, exactly as if it had been cast first."""
         xp = self.device.xp
         if not xp.isdtype(x.dtype, "real floating"):
             raise TypeError(f"the model expected floating-point input (N, C, H, W), got {x.dtype}: convert images "
                             "first with cnnxp.data.normalize(images) ((x / 255 - 0.1307) / 0.3081 as float32)")
         weight = next((v for layer in self.layers for v in layer.params.values()), None)
-        if weight is not None and x.dtype != weight.dtype:
+        if weight is not None and xp.finfo(x.dtype).bits > xp.finfo(weight.dtype).bits:
             raise TypeError(f"the model's weights are {weight.dtype} but the input is {x.dtype}: convert the input "
                             f"(xp.astype(x, xp.{weight.dtype})) or the model (model.to(device, dtype='{x.dtype}'))")
 

@@ -626,3 +626,12 @@ def test_float64_input_to_a_float32_model_is_refused_as_pytorch_does():
         torch.nn.Conv2d(1, 6, 5)(torch.zeros((2, 1, 28, 28), dtype=torch.float64))
     wide = lenet5(seed=0).to("cpu", dtype="float64")  # the model cast instead: it takes float64
     assert wide(np.zeros((2, 1, 28, 28), np.float64)).dtype == np.float64
+
+
+def test_float32_input_to_a_float64_model_computes_in_float64():
+    """The loader yields float32; a float64 model promotes it exactly, as a cast first would."""
+    wide = lenet5(seed=0).to("cpu", dtype="float64")
+    x = np.random.default_rng(0).standard_normal((3, 1, 28, 28)).astype(np.float32)
+    out = wide(x)
+    assert out.dtype == np.float64
+    np.testing.assert_array_equal(out, wide(x.astype(np.float64)))

@@ -28,15 +28,24 @@ class EpochProgress:
 
     @classmethod
     def open(cls, total: int, desc: str, enabled: bool, xp) -> EpochProgress | None:
-        """A display for ``total`` steps, or None; tqdm's ``disable=None`` hides it when stderr is not a terminal."""
+        """A display for ``total`` steps, or None; tqdm's ``disable=None`` hides it when stderr is not a terminal
+        (a log file, CI), except in a Jupyter notebook, whose cells show it."""
         if not enabled:
             return None
         try:
-            from tqdm.auto import tqdm
+            from tqdm import tqdm
         except ImportError:  # tqdm is a dependency, but a bare library install still trains
             return None
-        bar = tqdm(total=total, desc=desc, unit="batch", leave=False, disable=None, file=sys.stderr,
-                   dynamic_ncols=True, mininterval=cls.REFRESH_SECONDS)
+        options = {"disable": None, "file": sys.stderr}
+        if _in_notebook():  # Jupyter: a widget bar where ipywidgets is installed, else a text bar in the cell
+            try:
+                import ipywidgets  # noqa: F401
+                from tqdm.notebook import tqdm
+                options = {}
+            except ImportError:
+                options = {"disable": False, "file": sys.stdout}
+        bar = tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True,
+                   mininterval=cls.REFRESH_SECONDS, **options)
         if bar.disable:  # stderr is not a terminal: no bar, and no reading the sums back for one
             return None
         return cls(bar, total, xp)
@@ -55,6 +64,13 @@ class EpochProgress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def _in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (IPython's ZMQ shell), whose outputs are not terminals."""
+    shell = sys.modules.get("IPython")
+    shell = shell.get_ipython() if shell is not None and hasattr(shell, "get_ipython") else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
 
 
 def format_epoch(row: dict[str, Any], epochs: int) -> str:

@@ -68,7 +68,8 @@ class Optimizer:
 
     @lr.setter
     def lr(self, value) -> None:
-        self._lr = float(value)
+        # A finite number >= 0 (a schedule may end at 0); NaN or infinity would make every weight NaN.
+        self._lr = check_real(value, type(self).__name__, "learning rate", 0.0)
 
     # -- the flat buffer ------------------------------------------------------------------------------
 

@@ -2,11 +2,12 @@
 
 Everything runs on the model's device. Metrics are accumulated there (a loss sum
 and a correct count per epoch) and reach the host through `cnnxp.to_numpy` at
-most once per batch: for the progress bar, about twice a second; otherwise once
-per epoch.
+most once per batch: for the progress bar and the divergence check, about twice a
+second; otherwise once per epoch.
 
 The loop itself is `train_epoch` (forward, loss, backward, step, the running sums); `fit`
 runs it once per epoch, then evaluates, logs and calls back (checkpoints: `cnnxp.checkpoint`).
+A loss or weights that are no longer finite end `fit` with `DivergedError`.
 """
 
 from __future__ import annotations
@@ -30,10 +31,25 @@ from .schedules import cosine_lr, exponential_lr
 from .timing import synchronize
 
 __all__ = ["History", "EvalResult", "HISTORY_KEYS", "fit", "train_epoch", "EpochProgress", "evaluate", "predict",
-           "cosine_lr", "exponential_lr"]
+           "cosine_lr", "exponential_lr", "DivergedError"]
 
 #: The columns of one epoch's row in a `History`.
 HISTORY_KEYS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds", "images_per_second")
+#: How often `fit` reads the running loss back during an epoch to notice divergence (a GPU synchronises
+#: then, so never at every step; with a data-parallel loader only the epoch's total is checked).
+DIVERGENCE_CHECK_SECONDS = 0.5
+
+
+class DivergedError(FloatingPointError):
+    """Training diverged: ``loss`` (the running mean) or, after an epoch's last step, a weight or the
+    optimizer's state is not finite (``detail`` says which). ``epoch`` (1-based) and ``step`` (within it,
+    where noticed) say when; the model holds the diverged weights, the history the epochs before.
+    """
+
+    def __init__(self, epoch: int | None, step: int, loss: float, detail: str | None = None):
+        self.epoch, self.step, self.loss, self.detail = epoch, step, float(loss), detail
+        self.facts = f"diverged at epoch {epoch}, step {step}: {detail or f'loss {self.loss}'}"
+        super().__init__(self.facts + "; lower the learning rate")
 
 
 class History:
@@ -147,19 +163,22 @@ def _correct(xp, logits, labels):
 
 
 def train_epoch(model, optimizer, loader, loss_fn=softmax_cross_entropy, *, first_step: int = 0,
-                lr_at: Callable[[int], float] | None = None, progress: EpochProgress | None = None):
+                lr_at: Callable[[int], float] | None = None, progress: EpochProgress | None = None,
+                check_seconds: float | None = None):
     """One pass over ``loader``: forward, loss, backward and an optimizer step for every batch.
 
     ``lr_at(step)`` (optional) sets the learning rate before each step, ``step``
     counting on from ``first_step``. Returns ``(loss_sum, correct, seen)``: the
     summed loss and the number of correct predictions as device scalars (None
     without batches) and the number of images; nothing is read back to the host
-    here, except through ``progress``.
+    here, except through ``progress`` and, every ``check_seconds`` (None: never), the
+    running loss, to raise `DivergedError` (``epoch`` None) once it is not finite.
     """
     xp = model.device.xp
     loss_sum = correct = None
     seen = 0
     step = first_step
+    next_check = None if check_seconds is None else time.perf_counter() + check_seconds
     sharded = getattr(loader, "comm", None) is not None
     # The loss and the running sums are made here, outside the model's own calls: on CuPy,
     # new arrays go to the current GPU, so the model's device is made current for them.
@@ -184,7 +203,25 @@ def train_epoch(model, optimizer, loader, loss_fn=softmax_cross_entropy, *, firs
             correct = batch_correct if correct is None else correct + batch_correct
             if progress is not None:
                 progress.update(loss_sum, correct, seen)
+            if next_check is not None and time.perf_counter() >= next_check:
+                next_check = time.perf_counter() + check_seconds
+                _check_finite(float(to_numpy(loss_sum)) / seen, None, step - first_step)
     return loss_sum, correct, seen
+
+
+def _check_finite(loss: float, epoch: int | None, step: int, model=None, optimizer=None) -> None:
+    """DivergedError when ``loss`` is not finite, or (given them) a weight, a buffer or the optimizer's state."""
+    if not math.isfinite(loss):
+        raise DivergedError(epoch, step, loss)
+    if model is None:
+        return
+    xp = model.device.xp
+    with model.device.activate():  # one read per part, once per epoch
+        for what, arrays in (("weights are", model.state_dict().values()),
+                             ("optimizer's state is", getattr(optimizer, "state", {}).values())):
+            flags = [xp.all(xp.isfinite(a)) for a in arrays]
+            if flags and not bool(to_numpy(xp.all(xp.stack(flags)))):
+                raise DivergedError(epoch, step, loss, f"the {what} no longer finite (loss {loss:.4g})")
 
 
 def _totals(model, loader, sums, seen: int):
@@ -210,15 +247,20 @@ def _fit_epoch(model, optimizer, loader, loss_fn, lr_at, *, epoch: int, epochs: 
     model.train()
     bar = EpochProgress.open(steps, f"epoch {epoch}/{epochs}", progress, model.device.xp)
     start = time.perf_counter()
+    # A data-parallel loader's processes would each notice at another step: there only the total counts.
+    check = None if getattr(loader, "comm", None) is not None else DIVERGENCE_CHECK_SECONDS
     try:
         loss_sum, correct, seen = train_epoch(model, optimizer, loader, loss_fn, lr_at=lr_at, progress=bar,
-                                              first_step=(epoch - 1) * steps)
+                                              first_step=(epoch - 1) * steps, check_seconds=check)
+    except DivergedError as exc:
+        raise DivergedError(epoch, exc.step, exc.loss) from None
     finally:
         if bar is not None:
             bar.close()
     (loss_total, correct_total), seen = _totals(model, loader, (loss_sum, correct), seen)
     if seen == 0:
         raise ValueError("the training loader yielded no batches")
+    _check_finite(float(loss_total) / seen, epoch, steps, model, optimizer)
     synchronize(model.device)
     seconds = time.perf_counter() - start
     return {
@@ -286,6 +328,13 @@ def fit(
     Returns
     -------
     History
+
+    Raises
+    ------
+    DivergedError
+        When the training loss stops being finite (read back every `DIVERGENCE_CHECK_SECONDS`
+        and at the end of each epoch) or a weight does (checked after each epoch): that
+        epoch is not added to the history and ``on_epoch_end`` is not called for it.
     """
     epochs = check_int(epochs, "fit", "epochs")
     history = History() if history is None else history

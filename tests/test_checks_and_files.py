@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import stat
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cnnxp._checks import check_choice, check_int, check_pair, check_real
-from cnnxp._files import atomic_write, temporary_files, usual_file_mode
+from cnnxp._files import (
+    LOCK_NAME,
+    FolderInUseError,
+    atomic_write,
+    lock_folder,
+    temporary_files,
+    usual_file_mode,
+)
 
 
 @pytest.mark.parametrize(("call", "error", "message"), [
@@ -100,8 +109,58 @@ def test_temporary_files_finds_what_a_killed_writer_left(tmp_path):
     target = tmp_path / "checkpoint.npz"
     left = tmp_path / ".checkpoint.npz.abc123.tmp"
     left.write_bytes(b"partial")
-    (tmp_path / ".other.npz.abc.tmp").write_bytes(b"")  # another file's: not ours
+    for other in (".other.npz.abc.tmp", ".checkpoint.npz.tmp", ".checkpoint.npz.a.b.tmp", ".checkpoint.npz.x.tmp~"):
+        (tmp_path / other).write_bytes(b"")  # another file's, or not the writer's own pattern
     assert temporary_files(target) == [left]
+    assert temporary_files(tmp_path / "missing" / "checkpoint.npz") == []
+
+
+def _write_json_many(path: str, worker: int, count: int) -> None:
+    from cnnxp.cli.common import write_json
+
+    for i in range(count):
+        write_json(Path(path), {"worker": worker, "i": i, "rows": list(range(200))})
+
+
+def test_concurrent_json_writers_and_a_reader_never_see_half_a_file(tmp_path):
+    """Four processes write one metrics.json over and over while this one reads it: every write
+    succeeds, every read is a whole JSON document (with one fixed temporary name, about 8% of the
+    writes failed and 18% of the reads saw invalid JSON), and no temporary file is left."""
+    import multiprocessing
+
+    path = tmp_path / "metrics.json"
+    path.write_text("{}")
+    context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
+    writers = [context.Process(target=_write_json_many, args=(str(path), w, 150)) for w in range(4)]
+    for w in writers:
+        w.start()
+    reads = 0
+    while any(w.is_alive() for w in writers) or reads < 50:
+        document = json.loads(path.read_text())  # raises on half a file
+        assert document == {} or len(document["rows"]) == 200
+        reads += 1
+    for w in writers:
+        w.join(timeout=60)
+        assert w.exitcode == 0
+    assert reads >= 50 and temporary_files(path) == []
+
+
+def test_one_lock_per_folder(tmp_path):
+    """A second taker is refused, naming the holder; releasing removes the lock file; a lock file a
+    killed holder left is taken over."""
+    first = lock_folder(tmp_path)
+    assert first.locked and (tmp_path / LOCK_NAME).is_file()
+    with pytest.raises(FolderInUseError) as info:
+        lock_folder(tmp_path)  # flock: another open file description, refused even in this process
+    assert info.value.holder["pid"] == os.getpid()
+    assert f"is in use by process {os.getpid()} since " in str(info.value)
+    first.release()
+    first.release()  # twice is harmless
+    assert not (tmp_path / LOCK_NAME).exists()
+    (tmp_path / LOCK_NAME).write_text('{"pid": 999999999}')  # what a killed holder leaves
+    with lock_folder(tmp_path) as again:
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid() and again.locked
+    assert list(tmp_path.iterdir()) == []
 
 
 class _FullDisk(io.RawIOBase):

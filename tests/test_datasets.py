@@ -7,8 +7,12 @@ CNNXP_DATA point into tmp_path, and downloads come from an HTTP server on
 
 from __future__ import annotations
 
+import copy
+import gzip
 import hashlib
 import http.server
+import json
+import os
 import socket
 import threading
 from functools import partial
@@ -17,10 +21,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnxp.data import DATASETS, DatasetNotFoundError, load_dataset, write_idx
-from cnnxp.data.datasets import SPLIT_FILES, cache_dir, search_dirs
+from cnnxp.data import DATASETS, DatasetNotFoundError, datasets, load_dataset, write_idx
+from cnnxp.data.datasets import (
+    SPLIT_FILES,
+    DatasetMismatchError,
+    UnverifiedDataWarning,
+    cache_dir,
+    search_dirs,
+)
+from cnnxp.data.idx import idx_bytes
 
 FILES = [f"{stem}.gz" for pair in SPLIT_FILES.values() for stem in pair]
+PUBLISHED = copy.deepcopy(DATASETS)  # before any test replaces entries
 
 
 @pytest.fixture(autouse=True)
@@ -28,6 +40,19 @@ def isolated_env(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("CNNXP_DATA", raising=False)
+    # The files these tests write count as published, for the tests that write them (`publish`).
+    monkeypatch.setitem(DATASETS, "mnist", {**DATASETS["mnist"], "content": {stem: [] for stem in STEMS}})
+
+
+STEMS = [stem for pair in SPLIT_FILES.values() for stem in pair]
+
+
+def publish(path: Path) -> Path:
+    """Add the content digest of the IDX file at ``path`` to mnist's published ones (this test only)."""
+    stem = path.name.removesuffix(".gz")
+    digest = hashlib.sha256(idx_bytes(path.read_bytes(), path)).hexdigest()
+    DATASETS["mnist"]["content"][stem].append(f"sha256:{digest}")
+    return path
 
 
 def fake_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -41,8 +66,8 @@ def write_split(directory: Path, split: str, n: int = 6, seed: int = 0, gz: bool
     images, labels = fake_split(n, seed)
     suffix = ".gz" if gz else ""
     image_stem, label_stem = SPLIT_FILES[split]
-    write_idx(directory / f"{image_stem}{suffix}", images)
-    write_idx(directory / f"{label_stem}{suffix}", labels)
+    publish(write_idx(directory / f"{image_stem}{suffix}", images))
+    publish(write_idx(directory / f"{label_stem}{suffix}", labels))
     return images, labels
 
 
@@ -159,7 +184,7 @@ def test_corrupt_local_file_is_named(tmp_path):
 def test_mismatched_counts(tmp_path):
     d = tmp_path / "given"
     write_split(d, "test", n=6)
-    write_idx(d / "t10k-labels-idx1-ubyte.gz", np.zeros(5, np.uint8))
+    publish(write_idx(d / "t10k-labels-idx1-ubyte.gz", np.zeros(5, np.uint8)))
     with pytest.raises(ValueError, match="6 images but .* 5 labels"):
         load_dataset("mnist", "test", data_dir=d, download=False)
 
@@ -167,7 +192,7 @@ def test_mismatched_counts(tmp_path):
 def test_wrong_image_shape(tmp_path):
     d = tmp_path / "given"
     write_split(d, "test", n=3)
-    write_idx(d / "t10k-images-idx3-ubyte.gz", np.zeros((3, 32, 32), np.uint8))
+    publish(write_idx(d / "t10k-images-idx3-ubyte.gz", np.zeros((3, 32, 32), np.uint8)))
     with pytest.raises(ValueError, match=r"t10k-images.*\(N, 28, 28\)"):
         load_dataset("mnist", "test", data_dir=d, download=False)
 
@@ -182,7 +207,7 @@ def test_unknown_name_and_split():
 # --- downloads -----------------------------------------------------------------------------
 
 
-def test_download_is_checked_and_cached(served, capsys):
+def test_download_is_checked_and_cached(served, capsys, monkeypatch):
     assert_split(load_dataset("mnist", "train"), served["arrays"]["train"])
     cached = cache_dir("mnist")
     names = [p.name for p in files_under(cached)]
@@ -191,9 +216,10 @@ def test_download_is_checked_and_cached(served, capsys):
         assert hashlib.sha256(p.read_bytes()).hexdigest() == served["sha"][p.name]
     assert len(served["requests"]) == 2
     assert "downloading" in capsys.readouterr().err
-    # The second load reads the cache and does not ask the server again.
+    # The second load reads the cache and does not ask the server again, nor hash the files again.
+    calls = _count_hashes(monkeypatch)
     assert_split(load_dataset("mnist", "train"), served["arrays"]["train"])
-    assert len(served["requests"]) == 2
+    assert len(served["requests"]) == 2 and calls[0] == 0
 
 
 def test_download_into_data_dir(served, tmp_path):
@@ -340,6 +366,106 @@ def test_unchecked_file_is_never_downloaded(served):
     assert "/train-labels-idx1-ubyte.gz" not in served["requests"]
 
 
+# --- local files are what they claim ----------------------------------------------------------
+
+
+def test_a_file_of_another_dataset_is_named(tmp_path, monkeypatch):
+    """Files known as fashion-mnist's, in mnist's place: refused, saying what they seem to be."""
+    images, labels = write_split(tmp_path / "given", "test")
+    label_file = tmp_path / "given" / "t10k-labels-idx1-ubyte.gz"
+    content = hashlib.sha256(idx_bytes(label_file.read_bytes(), label_file)).hexdigest()
+    monkeypatch.setitem(DATASETS["mnist"], "content", {stem: [] for stem in STEMS})  # published: something else
+    monkeypatch.setitem(DATASETS, "fashion-mnist", {**DATASETS["fashion-mnist"], "content": {
+        "t10k-labels-idx1-ubyte": f"sha256:{content}"}})
+    with pytest.raises(DatasetMismatchError) as info:
+        load_dataset("mnist", "test", data_dir=tmp_path / "given", download=False)
+    assert info.value.facts == (f"{label_file} is not the published mnist t10k-labels-idx1-ubyte: it seems to be "
+                                "fashion-mnist's t10k-labels-idx1-ubyte")
+    DATASETS["mnist"]["content"]["t10k-labels-idx1-ubyte"].append(f"sha256:{content}")
+    with pytest.raises(DatasetMismatchError, match=r"t10k-images-idx3-ubyte.gz is not the published mnist "
+                                                   r"t10k-images-idx3-ubyte: it is an IDX file of shape \(6, 28, 28\) "
+                                                   "that matches no published file; put the published file there"):
+        load_dataset("mnist", "test", data_dir=tmp_path / "given", download=False)
+    with pytest.warns(UnverifiedDataWarning, match="t10k-images-idx3-ubyte.gz is not the published mnist .* using "
+                                                   "it anyway, as asked"):
+        result = load_dataset("mnist", "test", data_dir=tmp_path / "given", download=False, trust_data=True)
+    assert_split(result, (images, labels))
+
+
+def _count_hashes(monkeypatch) -> list[int]:
+    """How many files (or contents) the dataset module hashes from now on (SHA-256, and MD5 with it)."""
+    calls = [0]
+    real_sha256, real_new = hashlib.sha256, hashlib.new
+
+    def sha256(*args):
+        calls[0] += 1
+        return real_sha256(*args)
+
+    def new(name, *args):
+        calls[0] += name == "sha256"
+        return real_new(name, *args)
+
+    monkeypatch.setattr(datasets.hashlib, "sha256", sha256)
+    monkeypatch.setattr(datasets.hashlib, "new", new)
+    return calls
+
+
+def test_a_file_is_hashed_once_per_version(tmp_path, monkeypatch):
+    """A 60,000-image file costs a hash (and a decompression) once: its digests are kept, with its size and
+    modification time, in verified.json in the user cache; a changed file is hashed again."""
+    write_split(tmp_path / "given", "train", gz=False)
+    calls = _count_hashes(monkeypatch)
+    load_dataset("mnist", "train", data_dir=tmp_path / "given", download=False)
+    assert calls[0] == 2  # the content of each of the two files
+    memo = json.loads((tmp_path / "cache" / "cnnxp" / "verified.json").read_text())
+    assert sorted(Path(k).name for k in memo) == ["train-images-idx3-ubyte", "train-labels-idx1-ubyte"]
+    load_dataset("mnist", "train", data_dir=tmp_path / "given", download=False)
+    assert calls[0] == 2
+    labels = tmp_path / "given" / "train-labels-idx1-ubyte"
+    os.utime(labels, ns=(labels.stat().st_atime_ns, labels.stat().st_mtime_ns + 10**9))
+    load_dataset("mnist", "train", data_dir=tmp_path / "given", download=False)
+    assert calls[0] == 3
+
+
+def test_a_recompressed_gz_is_checked_by_its_content(tmp_path, monkeypatch):
+    """Debian's .gz files are recompressed: not the upstream .gz's SHA-256, but the same IDX content."""
+    images, labels = write_split(tmp_path / "upstream", "test")
+    upstream = {f: hashlib.sha256((tmp_path / "upstream" / f).read_bytes()).hexdigest()
+                for f in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+    monkeypatch.setitem(DATASETS["mnist"], "sha256", upstream)
+    repacked = tmp_path / "debian"
+    repacked.mkdir()
+    for name in upstream:
+        content = gzip.decompress((tmp_path / "upstream" / name).read_bytes())
+        (repacked / name).write_bytes(gzip.compress(content, compresslevel=1, mtime=123))
+        assert hashlib.sha256((repacked / name).read_bytes()).hexdigest() != upstream[name]
+    assert_split(load_dataset("mnist", "test", data_dir=repacked, download=False), (images, labels))
+    calls = _count_hashes(monkeypatch)
+    assert_split(load_dataset("mnist", "test", data_dir=tmp_path / "upstream", download=False), (images, labels))
+    assert calls[0] == 2  # each upstream .gz matched by its own SHA-256: no content hashed
+
+
+def test_content_digests_may_be_md5(tmp_path, monkeypatch):
+    """MNIST's raw t10k labels have a published MD5 but no published SHA-256."""
+    images, labels = write_split(tmp_path / "given", "test", gz=False)
+    digest = hashlib.md5((tmp_path / "given" / "t10k-labels-idx1-ubyte").read_bytes()).hexdigest()
+    DATASETS["mnist"]["content"]["t10k-labels-idx1-ubyte"] = f"md5:{digest}"
+    assert_split(load_dataset("mnist", "test", data_dir=tmp_path / "given", download=False), (images, labels))
+    DATASETS["mnist"]["content"]["t10k-labels-idx1-ubyte"] = f"md5:{'0' * 32}"
+    with pytest.raises(DatasetMismatchError):
+        load_dataset("mnist", "test", data_dir=tmp_path / "given", download=False)
+
+
+def test_published_content_digests_are_complete():
+    for name in ("mnist", "fashion-mnist"):
+        content = PUBLISHED[name]["content"]
+        assert sorted(content) == sorted(STEMS)
+        for digest in content.values():
+            algorithm, _, value = digest.partition(":")
+            assert (algorithm, len(value)) in {("sha256", 64), ("md5", 32)} and int(value, 16) >= 0
+    assert PUBLISHED["mnist"]["content"]["train-images-idx3-ubyte"].startswith("sha256:ba891046")
+
+
 def test_published_checksums_are_complete():
     for name in ("mnist", "fashion-mnist"):
         spec = DATASETS[name]
@@ -398,6 +524,7 @@ DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 )
 @pytest.mark.parametrize("split, n", [("train", 60000), ("test", 10000)])
 def test_fashion_mnist_from_debian(split, n):
+    """Debian's recompressed files pass the check of their content (its digests published or derived)."""
     images, labels = load_dataset("fashion-mnist", split, download=False)
     assert images.shape == (n, 28, 28) and images.dtype == np.uint8
     assert labels.shape == (n,) and labels.dtype == np.int64

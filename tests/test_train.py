@@ -198,6 +198,9 @@ def test_load_checkpoint_errors(tmp_path):
         C.load_checkpoint(tmp_path / "missing.npz")
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a zip")
+    with pytest.raises(C.CheckpointError, match="is not an npz checkpoint: it starts with b'not '"):
+        C.load_checkpoint(bad)
+    bad.write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(C.CheckpointError, match="cannot be read"):
         C.load_checkpoint(bad)
     other = tmp_path / "other.npz"
@@ -467,3 +470,92 @@ def test_predict_in_slices_that_do_not_divide_the_batch_on_every_backend(backend
     whole = T.predict(model, x)[1]
     np.testing.assert_allclose(cnnxp.to_numpy(probs), cnnxp.to_numpy(whole), rtol=1e-5, atol=1e-7)
     assert tuple(classes.shape) == (5,)
+
+
+# -- divergence, and state that is not finite ------------------------------------------------------
+
+
+def test_fit_raises_diverged_error_with_the_facts(small, monkeypatch):
+    """A learning rate of 1e6 used to end fit normally with a NaN loss: now DivergedError, before the
+    epoch enters the history or reaches on_epoch_end (where checkpoints are written)."""
+    (x, y), _ = small
+    monkeypatch.setattr(T, "DIVERGENCE_CHECK_SECONDS", 1e9)  # noticed at the epoch's end, whatever the speed
+    model = models.seed_cnn(seed=0)
+    ends = []
+    with np.errstate(all="ignore"), pytest.raises(T.DivergedError) as info:
+        T.fit(model, SGD(model, 1e6), DataLoader(x, y, 32, seed=0), 2, progress=False, log=None,
+              on_epoch_end=ends.append)
+    exc = info.value
+    assert (exc.epoch, exc.step) == (1, 8) and not np.isfinite(exc.loss) and ends == []
+    assert str(exc) == f"diverged at epoch 1, step 8: loss {exc.loss}; lower the learning rate"
+
+
+def test_divergence_is_noticed_within_the_epoch(small, monkeypatch):
+    """Checked where the running loss is read back: here at every step, so the first non-finite step."""
+    (x, y), _ = small
+    monkeypatch.setattr(T, "DIVERGENCE_CHECK_SECONDS", 0.0)
+    model = models.seed_cnn(seed=0)
+    with np.errstate(all="ignore"), pytest.raises(T.DivergedError) as info:
+        T.fit(model, SGD(model, 1e6), DataLoader(x, y, 32, seed=0), 1, progress=False, log=None)
+    assert info.value.epoch == 1 and 1 <= info.value.step < 8
+
+
+def test_non_finite_weights_end_fit_after_the_epoch(small):
+    """A finite loss but a weight gone infinite in the epoch's last step: noticed after the epoch."""
+    (x, y), _ = small
+
+    class Poisoned(SGD):
+        def step(self):
+            super().step()
+            self.model[3].params["bias"][0] = np.inf  # after the step's loss was computed
+
+    model = models.seed_cnn(seed=0)
+    with np.errstate(all="ignore"), pytest.raises(T.DivergedError, match="the weights are no longer finite"):
+        T.fit(model, Poisoned(model, 0.01), DataLoader(x[:32], y[:32], 32), 1, progress=False, log=None)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0, "0.1", None])
+def test_the_learning_rate_stays_a_finite_number(value):
+    """The constructor refused NaN, but ``optimizer.lr = nan`` was taken afterwards."""
+    opt = Adam(models.seed_cnn(), lr=1e-3)
+    with pytest.raises((ValueError, TypeError), match="Adam learning rate must be"):
+        opt.lr = value
+    assert opt.lr == 1e-3
+    opt.lr = np.float64(0.0)  # a schedule at its end
+    assert opt.lr == 0.0 and type(opt.lr) is float
+
+
+def test_a_checkpoint_is_never_written_from_non_finite_weights(tmp_path):
+    model = models.seed_cnn(seed=0)
+    opt = SGD(model, 0.1)
+    path = C.save_checkpoint(tmp_path / "checkpoint.npz", model, opt, epoch=1)
+    before = path.read_bytes()
+    model[0].params["weight"] = model[0].params["weight"] * np.nan
+    with pytest.raises(C.CheckpointError, match=r"refusing to write the checkpoint .* 'model/0.weight' holds 32 of "
+                                                r"32 values NaN or infinite \(did training diverge\?\)"):
+        C.save_checkpoint(path, model, opt, epoch=2)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.npz"]
+
+
+def test_a_failed_restore_changes_nothing(small, tmp_path):
+    """The weights fit but the optimizer state lacks a parameter: nothing of the model, optimizer or
+    loader changes (the model was loaded before the optimizer failed)."""
+    (x, y), _ = small
+    source = models.seed_cnn(seed=1)
+    source_opt = Adam(source)
+    T.fit(source, source_opt, DataLoader(x[:64], y[:64], 32), 1, progress=False, log=None)
+    path = C.save_checkpoint(tmp_path / "c.npz", source, source_opt, epoch=1, loader=DataLoader(x, y, 32, seed=9))
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files if k != "optimizer/state.m.3.weight"}
+    np.savez(path, **arrays)
+    model, loader = models.seed_cnn(seed=2), DataLoader(x, y, 32, seed=4)
+    opt = Adam(model)
+    before, loader_before = _state(model), loader.state_dict()
+    with pytest.raises(C.CheckpointError, match=r"lacks 'optimizer/state.m.3.weight'"):
+        C.restore(C.load_checkpoint(path), model, opt, loader)
+    np.savez(path, **{k: v for k, v in arrays.items() if not k.startswith("optimizer/state.")})
+    with pytest.raises(C.CheckpointError, match=r"lacks 'optimizer/state.m.\*', 'optimizer/state.v.\*' after 2 steps"):
+        C.restore(C.load_checkpoint(path), model, opt, loader)
+    after = _state(model)
+    assert all(np.array_equal(after[k], v) for k, v in before.items())
+    assert opt.step_count == 0 and opt.state == {} and loader.state_dict() == loader_before

@@ -2,12 +2,15 @@
 
 One module per program (`train`, `evaluate`, `inspect`), each with its parser and its
 steps, and what they share: `common` (errors, one-line notes, argument types, device,
-data and checkpoint loading, pictures, JSON) and `runs` (run folders).
+data and checkpoint loading, pictures, JSON), `runs` (run folders: one live run each, and what
+stays in them when a run stops), `stop` (Ctrl-C and SIGTERM), `report` (metrics and pictures)
+and `parallel` (train.py under an MPI launcher).
 
 Each ``*_main(argv)`` parses its arguments, does its work and returns the exit
 status, so tests call them in-process. Bad arguments end with one line on stderr
-(``train.py: error: ...``) and status 2 before any training starts; Ctrl-C during
-training saves the last finished epoch and returns 130.
+(``train.py: error: ...``) and status 2 before any training starts; Ctrl-C (SIGTERM) during
+training saves the last finished epoch and returns 130 (143); a diverged run ends with one
+line and 1; a reader of stdout that went away ends a program quietly with 141.
 """
 
 from .common import DEFAULTS

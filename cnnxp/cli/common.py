@@ -7,9 +7,12 @@ before any work starts) or `RunError` (status 1, a file that cannot be written).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,7 @@ from .._files import atomic_write
 from ..backend import DeviceUnavailableError, get_device
 from ..checkpoint import Checkpoint, CheckpointError, load_checkpoint, restore
 from ..data import NORMALIZE_MEAN, NORMALIZE_STD, DatasetNotFoundError, load_dataset
+from ..data.datasets import DatasetMismatchError, UnverifiedDataWarning
 
 DATASET_NAMES = ("mnist", "fashion-mnist", "mnist-sample")
 OPTIMIZERS = ("adam", "sgd")
@@ -66,7 +70,8 @@ class Job:
 def run_program(prog: str, argv: Sequence[str] | None, parser: Callable[[], argparse.ArgumentParser],
                 prepare: Callable[[argparse.Namespace], Job], work: Callable[[argparse.Namespace, Job], None]) -> int:
     """Parse ``argv`` and ``prepare`` the `Job` (a `UsageError` ends it with one line, status 2), then
-    ``work`` on it (a `RunError` ends it with one line, status 1); 0 when all went well."""
+    ``work`` on it (a `RunError` ends it with one line, status 1); 0 when all went well, 141 (quietly)
+    when stdout's reader went away (``| head``)."""
     try:
         args = parser().parse_args(argv)
         job = prepare(args)
@@ -75,10 +80,24 @@ def run_program(prog: str, argv: Sequence[str] | None, parser: Callable[[], argp
         return 2
     try:
         work(args, job)
+        sys.stdout.flush()  # here, not at exit, where a reader that went away would end in a traceback
     except RunError as exc:
         note(prog, f"error: {exc}")
         return 1
+    except BrokenPipeError:
+        return broken_pipe()
     return 0
+
+
+def broken_pipe() -> int:
+    """stdout's reader went away (``... | head -2``): end quietly, as Unix tools do, with 141 (128 +
+    SIGPIPE). stdout goes to the null device, so that Python's final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no file descriptor behind stdout (a test's capture)
+        pass
+    return 141
 
 
 # -- errors and one-line notes ---------------------------------------------------------------------
@@ -127,6 +146,8 @@ def add_place_flags(p: argparse.ArgumentParser, dataset_help: str,
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--dataset", choices=DATASET_NAMES, help=dataset_help)
     p.add_argument("--data-dir", help=data_dir_help)
+    p.add_argument("--trust-data", action="store_true",
+                   help="use local dataset files even when they are not the published ones (with a warning)")
 
 
 class Parser(argparse.ArgumentParser):
@@ -154,6 +175,7 @@ non_negative_int = _number(int, "a non-negative integer", lambda v: v >= 0, ">= 
 seed_int = _number(int, "a non-negative integer", lambda v: 0 <= v < SEED_LIMIT, "in [0, 2**63)")
 positive_float = _number(float, "a positive number", lambda v: v > 0 and math.isfinite(v), "a positive number")
 momentum_float = _number(float, "a number", lambda v: 0 <= v < math.inf, "a finite number >= 0")
+gamma_float = _number(float, "a number in (0, 1]", lambda v: 0 < v <= 1, "in (0, 1] (a decay)")
 smoothing_float = _number(float, "a number", lambda v: 0 <= v < 1, "in [0, 1)")
 
 
@@ -189,7 +211,7 @@ CONFIG_RULES = {
     "optimizer": _one_of(OPTIMIZERS),
     "momentum": (lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
     "schedule": _one_of(SCHEDULES),
-    "gamma": (lambda v: _is_number(v) and v > 0, "a positive number"),
+    "gamma": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
     "label_smoothing": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "seed": (lambda v: _is_int(v) and 0 <= v < SEED_LIMIT, "an integer in [0, 2**63)"),
 }
@@ -204,13 +226,22 @@ def check_saved_config(checkpoint: Checkpoint) -> None:
 
 
 def read_checkpoint(path: str) -> Checkpoint:
-    """`load_checkpoint` with its configuration checked; UsageError for a file that is missing or bad."""
+    """`load_checkpoint` with its configuration checked; UsageError for a file that is missing or bad.
+    A run folder stands for the ``checkpoint.npz`` in it."""
+    if os.path.isdir(path):
+        inside = os.path.join(path, "checkpoint.npz")
+        if not os.path.isfile(inside):
+            raise UsageError(f"{path!r} is a folder without a checkpoint.npz: pass a checkpoint file, "
+                             "or the folder of a run that finished an epoch")
+        path = inside
     try:
         checkpoint = load_checkpoint(path)
     except FileNotFoundError:
         raise UsageError(f"checkpoint {path!r} does not exist") from None
     except CheckpointError as exc:
         raise UsageError(one_line(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot read the checkpoint {path!r}: {exc.strerror or exc}") from None
     check_saved_config(checkpoint)
     return checkpoint
 
@@ -226,30 +257,64 @@ def restore_or_refuse(checkpoint: Checkpoint, model, optimizer=None, loader=None
 # -- data ------------------------------------------------------------------------------------------
 
 
-def load_split(name: str, data_dir, split: str):
+def load_split(name: str, data_dir, split: str, trust: bool = False, prog: str = ""):
+    """A named dataset's split, checked (`checked_split`); UsageError for one that cannot be had or used."""
     try:
-        return load_dataset(name, split, data_dir=data_dir)
+        with _data_warnings(prog):
+            images, labels = load_dataset(name, split, data_dir=data_dir, trust_data=trust)
     except DatasetNotFoundError as exc:
         first = str(exc).splitlines()[0].removesuffix(" in")
         raise UsageError(
             f"dataset {name!r} is not available ({first}; not downloadable): pass --data-dir DIR with its IDX "
             "files, set CNNXP_DATA, or use --dataset mnist-sample"
         ) from None
+    except DatasetMismatchError as exc:
+        raise UsageError(f"{exc.facts}: pass --data-dir with the {name} files, or --trust-data to use this one "
+                         "anyway") from None
     except (ValueError, OSError) as exc:
         raise UsageError(f"dataset {name!r} cannot be read: {one_line(exc)}") from None
+    return checked_split(name, split, images, labels)
 
 
-def load_data(name: str | None, data_dir, prog: str):
-    """(dataset name, train arrays, test arrays); without a name, full MNIST or else the bundled sample."""
+def checked_split(name: str, split: str, images: np.ndarray, labels: np.ndarray):
+    """``(images, labels)``, or UsageError for a split the models cannot take: empty, or not 28x28."""
+    if len(images) == 0:
+        raise UsageError(f"the {name} {split} split holds 0 images: expected at least one (are its IDX files "
+                         "the right ones? see --data-dir)")
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise UsageError(f"the {name} {split} images are {images.shape[1:]}: the models take 28x28 images")
+    return images, labels
+
+
+@contextlib.contextmanager
+def _data_warnings(prog: str):
+    """Data used though unverified (``--trust-data``): each warning as one note."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UnverifiedDataWarning)
+        yield
+    for warning in caught:
+        if issubclass(warning.category, UnverifiedDataWarning):
+            note(prog or "cnnxp", f"warning: {warning.message}")
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+
+
+def load_data(name: str | None, data_dir, prog: str, trust: bool = False):
+    """(dataset name, train arrays, test arrays); without a name, full MNIST or else the bundled sample
+    (a full MNIST whose files are not the published ones is an error, not a reason to fall back)."""
     if name is not None:
-        return name, load_split(name, data_dir, "train"), load_split(name, data_dir, "test")
+        return name, load_split(name, data_dir, "train", trust, prog), load_split(name, data_dir, "test", trust, prog)
     try:
-        train = load_dataset("mnist", "train", data_dir=data_dir)
-        test = load_dataset("mnist", "test", data_dir=data_dir)
-        return "mnist", train, test
+        with _data_warnings(prog):
+            train = load_dataset("mnist", "train", data_dir=data_dir, trust_data=trust)
+            test = load_dataset("mnist", "test", data_dir=data_dir, trust_data=trust)
+        return "mnist", checked_split("mnist", "train", *train), checked_split("mnist", "test", *test)
     except DatasetNotFoundError:
         note(prog, "full MNIST is not on this machine and could not be downloaded; "
                    "training on the bundled sample (--dataset mnist-sample) instead")
+    except DatasetMismatchError as exc:
+        raise UsageError(f"{exc.facts}: pass --data-dir with the MNIST files, --trust-data to use this one "
+                         "anyway, or --dataset mnist-sample") from None
     except (ValueError, OSError) as exc:
         note(prog, f"full MNIST cannot be read ({one_line(exc)}); training on the bundled sample instead")
     return "mnist-sample", load_dataset("mnist-sample", "train"), load_dataset("mnist-sample", "test")

@@ -40,7 +40,7 @@ PROG = "evaluate.py"
 
 def evaluate_parser() -> argparse.ArgumentParser:
     p = Parser(prog=PROG, description="Test accuracy, per-class accuracy and confusion matrix of a checkpoint.")
-    p.add_argument("checkpoint", help="a checkpoint.npz written by train.py")
+    p.add_argument("checkpoint", help="a checkpoint.npz written by train.py (or the run folder holding it)")
     add_place_flags(p, "default: the dataset the checkpoint was trained on")
     p.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE)
     p.add_argument("--split", choices=("test", "train"), default="test")
@@ -65,7 +65,7 @@ def _prepare(args) -> Job:
         raise UsageError("the checkpoint does not name its dataset: pass --dataset")
     device = find_device(args.device)
     with output_folder(Path(args.out) if args.out else None) as out:
-        images, labels = load_split(dataset, args.data_dir, args.split)
+        images, labels = load_split(dataset, args.data_dir, args.split, args.trust_data, PROG)
         model = models.build(config["model"], seed=0, device=device)
         restore_or_refuse(checkpoint, model)
     return Job(checkpoint, config["model"], dataset, device, images, labels, model, out)
@@ -84,7 +84,7 @@ def _evaluate(args, job: Job) -> None:
 
 def _report(args, job: Job, result: EvalResult, seconds: float, names: list[str]) -> None:
     """The accuracy and loss, each class's accuracy, and the confusion matrix as a table."""
-    print(f"{job.model_name} from {args.checkpoint} (epoch {job.checkpoint.epoch}) on "
+    print(f"{job.model_name} from {job.checkpoint.path} (epoch {job.checkpoint.epoch}) on "
           f"{job.dataset} {args.split} ({result.num_samples:,} images, device {job.device.name}, {seconds:.1f} s)")
     print(f"{args.split} accuracy {100 * result.accuracy:.2f}%  loss {result.loss:.4f}")
     print()

@@ -44,7 +44,8 @@ PROG = "inspect.py"
 
 def inspect_parser() -> argparse.ArgumentParser:
     p = Parser(prog=PROG, description="Per-layer forward/backward times and the feature maps of one test image.")
-    p.add_argument("--checkpoint", help="a checkpoint.npz (default: a freshly initialised --model)")
+    p.add_argument("--checkpoint", help="a checkpoint.npz, or the run folder holding it (default: a freshly "
+                                        "initialised --model)")
     p.add_argument("--model", choices=tuple(models.MODELS), help="preset when no checkpoint is given (default: lenet5)")
     p.add_argument("--seed", type=seed_int, default=0)
     add_place_flags(p, "where the test image comes from (default: the checkpoint's dataset, else mnist-sample)")
@@ -73,11 +74,11 @@ def _prepare(args) -> Job:
     if args.out:
         out = Path(args.out)
     elif checkpoint is not None:
-        out = Path(args.checkpoint).resolve().parent
+        out = checkpoint.path.resolve().parent
     else:
         out = Path(".")
     with output_folder(out):
-        images, labels = load_split(dataset, args.data_dir, "test")
+        images, labels = load_split(dataset, args.data_dir, "test", args.trust_data, PROG)
         if args.index >= len(labels):
             raise UsageError(f"--index {args.index} is out of range: the {dataset} test set has {len(labels)} images")
         model = models.build(model_name, seed=args.seed, device=device)
@@ -115,7 +116,7 @@ def _classify(args, job: Job, names: list[str]) -> tuple[np.ndarray, int]:
     classes, probs = predict(job.model, image)
     predicted = int(np.asarray(to_numpy(classes))[0])
     p = np.asarray(to_numpy(probs))[0]
-    source = f"{args.checkpoint} (epoch {job.checkpoint.epoch})" if job.checkpoint is not None else "fresh weights"
+    source = f"{job.checkpoint.path} (epoch {job.checkpoint.epoch})" if job.checkpoint is not None else "fresh weights"
     print(f"{job.model_name} ({source}) on {job.dataset} test image {args.index}: "
           f"true {names[int(job.labels[args.index])]}, predicted {names[predicted]} ({100 * p[predicted]:.1f}%)")
     return image, predicted

@@ -5,20 +5,20 @@ rank 0 alone prints, makes the run folder (and tells the others where it is), wr
 checkpoints, JSON files and pictures. A bad argument found by any process ends every process
 with the same one line (printed once) and status 2; a failure while training (a checkpoint that
 cannot be written) ends the whole job at once instead of leaving the others waiting.
-Ctrl-C, which the launcher forwards to every process, is agreed on at the next step
-(`cnnxp.distributed.request_stop`): all stop after the same step, rank 0 saves, status 130.
+Ctrl-C and SIGTERM, which the launcher forwards to every process, are agreed on at the next step
+(`cnnxp.distributed.request_stop`, through `stop.StopSignals`): all stop after the same step, rank 0
+saves, status 130 or 143 on every process. A diverged run ends every process alike (the epoch's
+loss is summed over all of them before it is checked), with status 1.
 """
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 
 from .. import distributed
 from .common import UsageError, note, set_silent
 
-__all__ = ["start", "agree", "install_stop_handler", "fail"]
+__all__ = ["start", "agree", "fail"]
 
 
 def start(args, prog: str):
@@ -53,26 +53,6 @@ def agree(comm, error: UsageError | None, value=None):
     if first is not None:
         raise UsageError(first)
     return comm.bcast(value)
-
-
-def install_stop_handler(comm):
-    """Ctrl-C: in one process, KeyboardInterrupt at once (even when the shell ignored SIGINT); in
-    several, a request all agree on at the next step, and KeyboardInterrupt on a second Ctrl-C.
-    Returns the handler it replaced (None when it could not install one: not the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    previous = signal.getsignal(signal.SIGINT)
-    if comm.size == 1:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        return previous
-
-    def stop(signum, frame):
-        if distributed.stop_requested():
-            raise KeyboardInterrupt
-        distributed.request_stop()
-
-    signal.signal(signal.SIGINT, stop)
-    return previous
 
 
 def fail(comm, prog: str, message: str, code: int = 1) -> int:

@@ -3,8 +3,12 @@
 A run's folder is checked before any work, and each run gets one of its own. A folder
 a program creates for its output and then leaves empty (bad arguments found later,
 Ctrl-C before the first epoch) is removed again, up to the outermost folder it made;
-a folder that existed before is never removed. Ctrl-C during training saves the last
-finished epoch (`LastEpoch`, `interrupted`) and names the command that continues.
+a folder that existed before is never removed. One training run at a time writes into a
+folder (`claim_run_folder`: an advisory lock, and another run's checkpoint is not
+overwritten unless asked to); the temporary files a killed run left there are removed.
+Ctrl-C or SIGTERM during training saves the last finished epoch (`LastEpoch`,
+`interrupted`) and names the command that continues; a diverged run says which
+checkpoint is kept (`diverged`).
 """
 
 from __future__ import annotations
@@ -15,12 +19,18 @@ import os
 import shlex
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .._files import FolderInUseError, FolderLock, describe_holder, lock_folder, temporary_files
 from ..checkpoint import write_checkpoint
 from .common import UsageError, note
+
+#: The files only a training run writes into its folder: their temporary files left by a killed
+#: run are removed when the next run takes the folder (`claim_run_folder`) and when a run stops.
+RUN_FILES = ("checkpoint.npz", "metrics.json", "history.json")
 
 
 @contextlib.contextmanager
@@ -97,6 +107,66 @@ def remove_empty(out: Path | None, created: Path | None) -> None:
             return
 
 
+def claim_run_folder(out: Path, what: str, resume: str | None, overwrite: bool, prog: str) -> FolderLock:
+    """Lock ``out`` for this run and clear it of what killed runs left; UsageError when another live run
+    holds it, or when it holds another run's checkpoint (unless ``resume`` names it or ``overwrite``)."""
+    try:
+        lock = lock_folder(out)
+    except FolderInUseError as exc:
+        raise UsageError(f"{what} {str(out)!r} is in use by another training run ({describe_holder(exc.holder)}): "
+                         "wait until it ends, or choose another --out") from None
+    except OSError as exc:
+        raise UsageError(f"cannot lock {what} {str(out)!r}: {exc.strerror or exc}") from None
+    checkpoint = out / RUN_FILES[0]
+    if checkpoint.is_file() and not overwrite and not (resume and _same_file(resume, checkpoint)):
+        lock.release()
+        raise UsageError(f"{what} {str(out)!r} holds the checkpoint of another run: continue that run with --resume "
+                         f"{checkpoint}, choose another --out, or pass --overwrite to replace it")
+    removed = remove_temporaries(out)
+    if removed:
+        note(prog, f"removed {len(removed)} temporary file(s) a killed run left in {out}: "
+                   + ", ".join(p.name for p in removed))
+    return lock
+
+
+def _same_file(a, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def remove_temporaries(out: Path) -> list[Path]:
+    """Remove the temporary files of `RUN_FILES` in ``out`` (the caller holds its lock); returns them."""
+    removed = []
+    for name in RUN_FILES:
+        for path in temporary_files(out / name):
+            try:
+                path.unlink()
+                removed.append(path)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+@dataclass
+class RunFolder:
+    """A training run's folder, the outermost folder the run created for it (removed again if left
+    empty), and the run's lock on it (rank 0's: `claim_run_folder`)."""
+
+    out: Path | None = None
+    created: Path | None = None
+    lock: FolderLock | None = None
+
+    def close(self, remove: bool = False) -> None:
+        """Give up the lock; with ``remove``, also the folders this run made, if they are empty."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        if remove:
+            remove_empty(self.out, self.created)
+
+
 def resume_hint(args, device, ckpt_path: Path) -> str:
     """The command that continues this run, with the flags it cannot take from the checkpoint."""
     words = ["python", "scripts/train.py", "--resume", str(ckpt_path)]
@@ -124,14 +194,15 @@ class LastEpoch:
         self.arrays, self.epoch, self.saved = arrays, epoch, saved
 
 
-def interrupted(last: LastEpoch, prog: str, hint: str, resumed_from: str | None) -> int:
-    """After Ctrl-C: save the last finished epoch unless it is on disk, say where it is; status 130."""
+def interrupted(last: LastEpoch, prog: str, hint: str, resumed_from: str | None, word: str = "interrupted") -> None:
+    """After Ctrl-C or SIGTERM (``word``: interrupted, terminated): save the last finished epoch unless it
+    is on disk, and say where it is and how to continue."""
     if last.arrays is None:
         if resumed_from:
-            note(prog, f"interrupted before training resumed: {resumed_from} is as it was")
+            note(prog, f"{word} before training resumed: {resumed_from} is as it was")
         else:
-            note(prog, "interrupted before the first epoch finished: no checkpoint was written")
-        return 130
+            note(prog, f"{word} before the first epoch finished: no checkpoint was written")
+        return
     if not last.saved:
         try:
             write_checkpoint(last.path, last.arrays)
@@ -139,7 +210,19 @@ def interrupted(last: LastEpoch, prog: str, hint: str, resumed_from: str | None)
         except KeyboardInterrupt:
             pass
     if last.saved:
-        note(prog, f"interrupted: the checkpoint of epoch {last.epoch} is {last.path}; continue with: {hint}")
+        note(prog, f"{word}: the checkpoint of epoch {last.epoch} is {last.path}; continue with: {hint}")
     else:
-        note(prog, f"interrupted: could not write the checkpoint of epoch {last.epoch}")
-    return 130
+        note(prog, f"{word}: could not write the checkpoint of epoch {last.epoch}")
+
+
+def diverged(exc, last: LastEpoch, resumed_from: str | None, config) -> str:
+    """``diverged at epoch 3, step 120: loss nan; the checkpoint of epoch 2 is kept; lower --lr (...)``."""
+    if last.saved:
+        kept = f"the checkpoint of epoch {last.epoch} is kept ({last.path})"
+    elif resumed_from:
+        kept = f"{resumed_from} is as it was"
+    else:
+        kept = "no checkpoint was written"
+    flag = "momentum" if config["optimizer"] == "sgd" and config["momentum"] >= 1 else "lr"  # >= 1: no decay
+    advice = f"lower --{flag} (it was {config[flag]:g})"
+    return f"{exc.facts}; {kept}; " + (f"start a new run and {advice}" if resumed_from else advice)

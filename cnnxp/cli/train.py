@@ -4,35 +4,37 @@ The steps of `train_main`, each a function below:
 
 1. parse the flags; read the checkpoint to resume (``--resume``) and resolve the run's
    configuration (`train_config`: the flags, else the checkpoint's, else `DEFAULTS`);
-2. find the device, the output folder and the data (`load_data`, with its fallback to
-   the bundled sample); bad input ends here with one line and status 2;
+2. find the device and the data (`load_data`, with its fallback to the bundled sample), then
+   make and claim the output folder (`_make_folder`: one live run per folder); bad input ends
+   here with one line and status 2, before any folder is made;
 3. build the run (`_build`: model, optimizer, loaders) and restore a resumed one (`_resume`);
 4. train (`_train_epochs`: `cnnxp.train.fit`, `_save_epoch` after every epoch);
-5. evaluate, write ``metrics.json`` and ``history.json`` (`_metrics`), draw the
-   pictures (`_draw_pictures`) and report.
+5. evaluate, write ``metrics.json`` and ``history.json`` (`report.metrics`), draw the
+   pictures (`report.draw_pictures`) and report.
 
-Ctrl-C saves the last finished epoch (`runs.LastEpoch`, `runs.interrupted`) and ends with status 130.
+Ctrl-C and SIGTERM save the last finished epoch (`runs.LastEpoch`, `runs.interrupted`) and end with
+status 130 and 143 (`stop.StopSignals`); a diverged run ends with one line and status 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import signal
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np  # host side: which test image the pictures show
+import numpy as np  # host side: the arrays of the data, and the floating-point warnings of a diverged run
 
 from .. import distributed, models
-from ..checkpoint import Checkpoint, checkpoint_arrays, write_checkpoint
+from ..checkpoint import Checkpoint, CheckpointError, checkpoint_arrays, write_checkpoint
 from ..data import DataLoader, parse_augment
 from ..optim import SGD, Adam
-from ..train import EvalResult, History, cosine_lr, evaluate, exponential_lr, fit
-from . import parallel
+from ..train import DivergedError, History, cosine_lr, evaluate, exponential_lr, fit
+from . import parallel, report
 from .common import (
     DEFAULTS,
     EVAL_BATCH_SIZE,
@@ -42,13 +44,13 @@ from .common import (
     RunError,
     UsageError,
     add_place_flags,
+    broken_pipe,
     check_saved_config,
     class_names,
-    draw_plot,
     find_device,
+    gamma_float,
     load_data,
     momentum_float,
-    normalise,
     note,
     one_line,
     positive_float,
@@ -61,7 +63,18 @@ from .common import (
     smoothing_float,
     write_json,
 )
-from .runs import LastEpoch, check_writable, interrupted, new_run_dir, remove_empty, resume_hint
+from .runs import (
+    LastEpoch,
+    RunFolder,
+    check_writable,
+    claim_run_folder,
+    diverged,
+    interrupted,
+    new_run_dir,
+    remove_temporaries,
+    resume_hint,
+)
+from .stop import StopSignals, Terminated
 
 __all__ = ["train_main", "train_parser", "train_config", "DEFAULTS", "RESUMED_KEYS", "OLDER_DEFAULTS"]
 
@@ -103,7 +116,7 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=SCHEDULES,
                    help="learning rate over the run: exponential (lr * gamma ** epochs done; resumes exactly), "
                         f"cosine (to 0 at --epochs) or constant (default: {DEFAULTS['schedule']})")
-    p.add_argument("--gamma", type=positive_float,
+    p.add_argument("--gamma", type=gamma_float,
                    help=f"decay per epoch of the exponential schedule (default: {DEFAULTS['gamma']})")
     p.add_argument("--augment", type=augment_spec, metavar="SPEC",
                    help="random distortions of the training images: none (or 0); N or shift:N (whole-pixel shifts "
@@ -115,7 +128,9 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=seed_int, help="seed of the weights, the shuffling and dropout (default: 0)")
     p.add_argument("--out", help="output directory (default: a new runs/<dataset>-<model>-<time>, "
                                  "or the checkpoint's directory with --resume)")
-    p.add_argument("--resume", metavar="PATH", help="continue from a checkpoint.npz")
+    p.add_argument("--resume", metavar="PATH", help="continue from a checkpoint.npz (or the run folder holding it)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train into an --out that holds another run's checkpoint, replacing it")
     p.add_argument("--no-plots", action="store_true", help="skip the pictures")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines (for logs and CI)")
     p.add_argument("--distributed", choices=("auto", "mpi", "nccl", "off"), default="auto",
@@ -164,97 +179,118 @@ def train_config(args, checkpoint: Checkpoint | None) -> dict[str, Any]:
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
-    """``scripts/train.py``: returns the exit status (0; 1 when a file cannot be written; 2 for bad
-    arguments, with any folder it made for them removed again; 130 after Ctrl-C). Under an MPI
-    launcher every process runs it and they train data-parallel (`parallel`)."""
+    """``scripts/train.py``: returns the exit status (0; 1 when a file cannot be written or training
+    diverged; 2 for bad arguments, with any folder it made for them removed again; 130 after Ctrl-C,
+    143 after SIGTERM; 141, quietly, when stdout's reader went away). Under an MPI launcher every
+    process runs it and they train data-parallel (`parallel`)."""
     set_silent(distributed.launcher_rank() not in (None, 0))  # one line per error, not one per process
     holder = {"comm": distributed.SingleProcess()}
-    status = _train_main(argv, holder)
-    if status in (2, 130):  # every process got here with the same status
+    try:
+        status = _train_main(argv, holder)
+        sys.stdout.flush()  # here, not at exit, where a reader that went away would end in a traceback
+    except BrokenPipeError:
+        return broken_pipe()
+    except KeyboardInterrupt as exc:  # a signal as the run ended, after its files were written
+        status = 143 if isinstance(exc, Terminated) else 130
+    if status != 0:  # every process got here with the same status (a failure of one aborts them all)
         return holder["comm"].exit_together(status)
     return status
 
 
 def _train_main(argv, holder: dict) -> int:
-    comm, previous_handler, folders = holder["comm"], None, _Folders()
+    comm, stop, folders = holder["comm"], None, RunFolder()
     try:
         try:
             args = train_parser().parse_args(argv)
             comm = holder["comm"] = parallel.start(args, PROG)
-            previous_handler = parallel.install_stop_handler(comm)
+            stop = StopSignals(comm)
+            stop.install()
             checkpoint, config, device, train_data, test_data = _prepare(args, comm, folders)
-        except KeyboardInterrupt:
-            remove_empty(folders.out, folders.created)
-            note(PROG, "interrupted before training started: nothing was written")
-            return 130
-        return _train(args, config, checkpoint, device, folders, train_data, test_data, comm)
+        except KeyboardInterrupt as exc:
+            folders.close(remove=True)
+            note(PROG, f"{stop.word(exc) if stop else 'interrupted'} before training started: nothing was written")
+            return stop.status(exc) if stop else 130
+        return _train(args, config, checkpoint, device, folders, train_data, test_data, comm, stop)
     except UsageError as exc:
-        remove_empty(folders.out, folders.created)
+        folders.close(remove=True)
         note(PROG, f"error: {exc}")
         return 2
     except RunError as exc:
         return parallel.fail(comm, PROG, f"error: {exc}")
+    except BrokenPipeError:
+        raise
     except OSError as exc:  # a picture or the last checkpoint that cannot be written
         where = f"cannot write {exc.filename!r}: {exc.strerror}" if exc.filename else one_line(exc)
         return parallel.fail(comm, PROG, f"error: {where}")
     finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGINT, previous_handler)
+        folders.close()
+        if stop is not None:
+            stop.restore()
 
 
-@dataclass
-class _Folders:
-    """The run folder, and the outermost folder this run created for it (removed again if left empty)."""
-
-    out: Path | None = None
-    created: Path | None = None
-
-
-def _prepare(args, comm, folders: _Folders):
-    """The checkpoint, configuration, device and data every process reads alike; rank 0 alone makes
-    the run folder. Any process's UsageError ends every process (`parallel.agree`)."""
+def _prepare(args, comm, folders: RunFolder):
+    """The checkpoint, configuration, device and data every process reads alike; then rank 0 alone makes
+    and claims the run folder. Any process's UsageError ends every process (`parallel.agree`)."""
     error = checkpoint = config = device = train_data = test_data = None
     try:
         checkpoint = read_checkpoint(args.resume) if args.resume else None
+        if checkpoint is not None:
+            args.resume = str(checkpoint.path)  # a run folder given for --resume: its checkpoint.npz
         config = train_config(args, checkpoint)
         device = find_device(args.device)
-        if args.out is not None:
-            folders.out = Path(args.out)
-        elif checkpoint is not None:
-            folders.out = Path(args.resume).resolve().parent
-        if comm.rank == 0 and folders.out is not None:
-            created = check_writable(folders.out, "--out" if args.out is not None else "the checkpoint's directory")
-            folders.created = created if args.out is not None else None
-        dataset, train_data, test_data = load_data(config["dataset"], args.data_dir, PROG)
+        dataset, train_data, test_data = load_data(config["dataset"], args.data_dir, PROG, args.trust_data)
         config["dataset"] = dataset
-        if comm.rank == 0 and folders.out is None:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            folders.out, folders.created = new_run_dir(Path("runs") / f"{dataset}-{config['model']}-{stamp}")
+        if comm.rank == 0:
+            _make_folder(args, checkpoint, config, folders)
     except UsageError as exc:
         error = exc
     folders.out = Path(parallel.agree(comm, error, str(folders.out) if folders.out else None))
     return checkpoint, config, device, train_data, test_data
 
 
-def _train(args, config, checkpoint, device, folders: _Folders, train_data, test_data, comm) -> int:
-    """`_run`, and on Ctrl-C the last finished epoch saved by rank 0 (`interrupted`)."""
-    out = folders.out
-    last = LastEpoch(out / CHECKPOINT_NAME)
-    hint = resume_hint(args, device, last.path)
+def _make_folder(args, checkpoint, config, folders: RunFolder) -> None:
+    """Make (or check) the run folder and claim it: `runs.claim_run_folder`."""
+    if args.out is not None or checkpoint is not None:
+        folders.out = Path(args.out) if args.out is not None else Path(args.resume).resolve().parent
+        what = "--out" if args.out is not None else "the checkpoint's directory"
+        created = check_writable(folders.out, what)
+        folders.created = created if args.out is not None else None
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        what = "the run folder"
+        folders.out, folders.created = new_run_dir(Path("runs") / f"{config['dataset']}-{config['model']}-{stamp}")
+    folders.lock = claim_run_folder(folders.out, what, args.resume, args.overwrite, PROG)
+
+
+def _train(args, config, checkpoint, device, folders: RunFolder, train_data, test_data, comm, stop) -> int:
+    """`_run`; after Ctrl-C or SIGTERM, the last finished epoch saved by rank 0 (`interrupted`); after
+    divergence, one line."""
+    last = LastEpoch(folders.out / CHECKPOINT_NAME)
     try:
-        return _run(args, config, checkpoint, device, out, train_data, test_data, last, comm)
-    except KeyboardInterrupt:
-        if comm.rank != 0:
-            return 130
-        if last.arrays is None:
-            remove_empty(out, folders.created)  # the folders this run made, if nothing went into them yet
-        return interrupted(last, PROG, hint, args.resume)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # divergence is said in one line
+            return _run(args, config, checkpoint, device, folders.out, train_data, test_data, last, comm, stop)
+    except KeyboardInterrupt as exc:
+        stop.stopping()
+        if comm.rank == 0:
+            remove_temporaries(folders.out)  # those of a write the signal cut short
+            if last.arrays is None:
+                folders.close(remove=True)  # the folders this run made, if nothing went into them yet
+            interrupted(last, PROG, resume_hint(args, device, last.path), args.resume, stop.word(exc))
+        return stop.status(exc)
+    except DivergedError as exc:
+        stop.stopping()
+        if comm.rank == 0:
+            if last.arrays is None:
+                folders.close(remove=True)
+            note(PROG, f"error: {diverged(exc, last, args.resume, config)}")
+        return 1
 
 
-def _run(args, config, checkpoint, device, out: Path, train_data, test_data, last: LastEpoch, comm) -> int:
+def _run(args, config, checkpoint, device, out: Path, train_data, test_data, last: LastEpoch, comm, stop) -> int:
     """Build, train, evaluate, write and report: the steps of a run once its inputs are checked.
     Every process trains and evaluates; rank 0 alone writes and reports."""
     run = _build(config, device, out, train_data, test_data, comm)
+    run.stop = stop
     if checkpoint is not None:
         _resume(run, checkpoint, last, Path(args.resume))
     if comm.size > 1:  # after the resume, so that rank 0's restored state is what every process starts from
@@ -262,18 +298,18 @@ def _run(args, config, checkpoint, device, out: Path, train_data, test_data, las
     names = class_names(config["dataset"])
     _report_start(run, args.quiet, checkpoint, args.resume)
     written: list[str] = []
-    plots_ok = not args.no_plots and comm.rank == 0 and _draw_samples(run, names, written)
+    plots_ok = not args.no_plots and comm.rank == 0 and report.draw_samples(run, names, written)
     _train_epochs(run, args.quiet, last)
     result = evaluate(run.model, run.test_loader, return_predictions=True)
     if comm.rank != 0:
         return 0
-    metrics = _metrics(run, result, names)
+    metrics = report.metrics(run, result, names)
     write_json(out / "metrics.json", metrics)
     write_json(out / "history.json", run.history.rows)
     if not last.saved:  # e.g. resumed into a new --out with nothing left to train
         write_checkpoint(last.path, _arrays(run, len(run.history)))
     if plots_ok:
-        _draw_pictures(run, result, names, written)
+        report.draw_pictures(run, result, names, written)
     files = ", ".join([CHECKPOINT_NAME, "metrics.json", "history.json", *written])
     print(f"test accuracy {100 * result.accuracy:.2f}% (loss {result.loss:.4f}) after {len(run.history)} epochs "
           f"on {config['dataset']}, {metrics['train_seconds']:.1f} s of training", flush=True)
@@ -299,6 +335,7 @@ class _Run:
     test_loader: DataLoader
     history: History
     comm: Any = None  # the job's communicator (`cnnxp.distributed`)
+    stop: Any = None  # the run's `StopSignals`
 
 
 def _make_optimizer(config: dict[str, Any], model):
@@ -357,22 +394,25 @@ def _schedule(config: dict[str, Any]):
 
 
 def _save_epoch(run: _Run, last: LastEpoch, history: History) -> None:
-    """After each epoch: its checkpoint (RunError naming it when it cannot be written), then history.json;
-    rank 0's job alone (every process holds the same state)."""
+    """After each epoch: its checkpoint (RunError naming it when it cannot be written), then history.json,
+    both whole even when a signal arrives meanwhile; rank 0's job alone (every process holds the same state)."""
     epoch = history.last["epoch"]
     if run.comm.rank != 0:
         last.epoch = epoch
         return
     on_disk = last.epoch if last.saved else None
-    last.keep(_arrays(run, epoch), epoch)
-    try:
-        write_checkpoint(last.path, last.arrays)
-    except OSError as exc:
-        kept = f"; the checkpoint of epoch {on_disk} there is intact" if on_disk else ""
-        raise RunError(f"cannot write the checkpoint of epoch {epoch} to {str(last.path)!r}: "
-                       f"{exc.strerror or exc}{kept}") from None
-    last.saved = True
-    write_json(run.out / "history.json", history.rows)
+    arrays = _arrays(run, epoch)
+    with run.stop.deferred():
+        try:
+            write_checkpoint(last.path, arrays)
+        except CheckpointError as exc:  # state `fit` found finite, but not all of it: never written
+            raise RunError(one_line(exc)) from None
+        except OSError as exc:
+            kept = f"; the checkpoint of epoch {on_disk} there is intact" if on_disk else ""
+            raise RunError(f"cannot write the checkpoint of epoch {epoch} to {str(last.path)!r}: "
+                           f"{exc.strerror or exc}{kept}") from None
+        last.keep(arrays, epoch, saved=True)
+        write_json(run.out / "history.json", history.rows)
 
 
 def _train_epochs(run: _Run, quiet: bool, last: LastEpoch) -> None:
@@ -388,63 +428,3 @@ def _train_epochs(run: _Run, quiet: bool, last: LastEpoch) -> None:
     else:
         say(quiet, f"the checkpoint already has {len(run.history)} epochs (--epochs {config['epochs']}): "
                    "nothing to train, evaluating")
-
-
-def _metrics(run: _Run, result: EvalResult, names: list[str]) -> dict[str, Any]:
-    """What ``metrics.json`` holds: the final test result, the training time and speed, the configuration."""
-    config, rows = run.config, run.history.rows
-    (_, y_train), (_, y_test) = run.train_data, run.test_data
-    train_seconds = sum(r.get("seconds") or 0.0 for r in rows)
-    images = len(y_train) * len(rows)
-    return {
-        "dataset": config["dataset"],
-        "model": config["model"],
-        "device": run.device.name,
-        "epochs": len(rows),
-        "test_accuracy": result.accuracy,
-        "test_loss": result.loss,
-        "train_seconds": train_seconds,
-        "images_per_second": images / train_seconds if train_seconds else None,
-        "world_size": run.comm.size,
-        "train_accuracy": rows[-1].get("train_accuracy") if rows else None,
-        "train_loss": rows[-1].get("train_loss") if rows else None,
-        "per_class_accuracy": {names[i]: float(a) for i, a in enumerate(result.per_class_accuracy)},
-        "num_parameters": run.model.num_parameters(),
-        "train_samples": len(y_train),
-        "test_samples": len(y_test),
-        "config": config,
-    }
-
-
-def _draw_samples(run: _Run, names: list[str], written: list[str]) -> bool:
-    """samples.png, before training; False when matplotlib is missing (no pictures at all then)."""
-    from .. import plots
-
-    x_train, y_train = run.train_data
-    return draw_plot(PROG, written, "samples",
-                     lambda: plots.plot_samples(x_train, y_train, run.out / "samples.png", names,
-                                                title=f"{run.config['dataset']} training images"))
-
-
-def _draw_pictures(run: _Run, result: EvalResult, names: list[str], written: list[str]) -> None:
-    """The pictures after training: curves, feature maps of a well-classified test image, filters, mistakes."""
-    from .. import plots
-
-    config, out, model = run.config, run.out, run.model
-    x_test, y_test = run.test_data
-    wrong = result.predictions != result.labels
-    index = int(np.flatnonzero(~wrong)[0]) if (~wrong).any() else 0
-    label = f"true {names[int(y_test[index])]}, test image {index}"
-    draws = [
-        ("history", lambda: plots.plot_history(run.history, out / "history.png",
-                                               title=f"{config['model']} on {config['dataset']}")),
-        ("feature_maps", lambda: plots.plot_feature_maps(model, normalise(x_test[index:index + 1]),
-                                                         out / "feature_maps.png", label=label)),
-        ("filters", lambda: plots.plot_filters(model, out / "filters.png")),
-        ("confusion", lambda: plots.plot_confusion(result.confusion, out / "confusion_matrix.png", names)),
-        ("misclassified", lambda: plots.plot_misclassified(
-            x_test, result.labels, result.predictions, out / "misclassified.png", names)),
-    ]
-    for name, draw in draws:
-        if not draw_plot(PROG, written, name, draw):
-            break

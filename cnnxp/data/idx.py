@@ -21,7 +21,7 @@ import numpy as np
 
 from .._files import atomic_write
 
-__all__ = ["read_idx", "write_idx", "IDX_DTYPES"]
+__all__ = ["read_idx", "write_idx", "parse_idx", "idx_bytes", "IDX_DTYPES"]
 
 #: Element type code -> big-endian NumPy dtype, as in the IDX specification.
 IDX_DTYPES: dict[int, np.dtype] = {
@@ -36,8 +36,8 @@ _CODES = {dtype.newbyteorder("="): code for code, dtype in IDX_DTYPES.items()}
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-def _read_bytes(path: Path) -> bytes:
-    data = path.read_bytes()
+def idx_bytes(data: bytes, path: Path) -> bytes:
+    """The IDX bytes of a file's ``data``: decompressed when gzip (by name or by its first bytes)."""
     is_gz_name = path.name.endswith(".gz")
     if not is_gz_name and not data.startswith(_GZIP_MAGIC):
         return data
@@ -72,7 +72,11 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         (truncated) or longer (trailing bytes) than its dimensions say.
     """
     path = Path(path)
-    data = _read_bytes(path)
+    return parse_idx(idx_bytes(path.read_bytes(), path), path)
+
+
+def parse_idx(data: bytes, path: str | os.PathLike) -> np.ndarray:
+    """The array in an IDX file's (decompressed) ``data``; ``path`` names the file in errors (`read_idx`)."""
     if len(data) == 0:
         raise ValueError(f"{path}: empty file, expected an IDX header")
     if len(data) < 4:

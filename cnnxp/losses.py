@@ -58,11 +58,21 @@ def softmax_cross_entropy(logits, labels, *, label_smoothing: float = 0.0, check
         raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
     label_smoothing = check_label_smoothing(label_smoothing)
     with on_device_of(logits):  # arrays made here land on the logits' GPU, whichever is current
-        return _loss_and_grad(xp, logits, labels, label_smoothing, check_labels)
+        return _loss_and_grad(xp, logits, labels, label_smoothing, check_labels)[:2]
+
+
+def cross_entropy_with_plain(logits, labels, *, label_smoothing: float = 0.0, check_labels: bool = True):
+    """`softmax_cross_entropy`'s ``(loss, grad)`` and the plain cross-entropy beside it (the same value
+    without label smoothing): what training reports, comparable with a test loss, at the cost of one
+    sum. Inputs are those of `softmax_cross_entropy`, and are assumed checked by it once."""
+    xp = array_namespace(logits, labels)
+    with on_device_of(logits):
+        return _loss_and_grad(xp, logits, labels, check_label_smoothing(label_smoothing), check_labels)
 
 
 def _loss_and_grad(xp, logits, labels, label_smoothing: float, check_labels: bool):
-    """`softmax_cross_entropy` once its inputs are checked: about fifteen array operations, no read-back."""
+    """`softmax_cross_entropy` once its inputs are checked, and the plain loss beside it: about fifteen
+    array operations, no read-back."""
     n, k = logits.shape
     rows = labels[:, None]
     outside = None
@@ -82,12 +92,16 @@ def _loss_and_grad(xp, logits, labels, label_smoothing: float, check_labels: boo
     log_total = xp.log(total)
     nll = log_total - xp.take_along_axis(shifted, rows, axis=1)
     target = xp.astype(rows == xp.arange(k, dtype=labels.dtype, device=device_of(labels)), logits.dtype)
+    plain = nll
     if label_smoothing:
         target = target * (1.0 - label_smoothing) + label_smoothing / k
         nll = (1.0 - label_smoothing) * nll + (label_smoothing / k) * xp.sum(log_total - shifted, axis=1, keepdims=True)
     loss = xp.sum(nll) / n  # an empty batch: NaN, as PyTorch's mean over nothing
     if outside is not None:
         loss = xp.where(outside, float("nan"), loss)
+    plain_loss = loss if plain is nll else xp.sum(plain) / n
+    if outside is not None and plain is not nll:
+        plain_loss = xp.where(outside, float("nan"), plain_loss)
     grad = (exp / total - target) * (1.0 / max(n, 1))  # empty when the batch is
-    return loss, grad
+    return loss, grad, plain_loss
 

@@ -16,6 +16,7 @@ import functools
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,8 @@ import numpy as np  # host side only: metrics after to_numpy
 from . import ops
 from ._checks import check_int
 from .backend import to_device, to_numpy
-from .losses import check_label_smoothing, softmax_cross_entropy
+from .layers import Softmax
+from .losses import check_label_smoothing, cross_entropy_with_plain, softmax_cross_entropy
 from .progress import EpochProgress, format_epoch
 from .schedules import cosine_lr, exponential_lr
 from .timing import synchronize
@@ -136,19 +138,25 @@ def _checked_once(model, loader, label_smoothing: float = 0.0, classes: int | No
     label_smoothing = check_label_smoothing(label_smoothing)  # before any training, not at the first batch
     classes = classes or _num_classes(model)
     label_range = getattr(loader, "label_range", None)
+    # Training with label smoothing reports the plain cross-entropy beside the smoothed objective.
+    loss = cross_entropy_with_plain if label_smoothing else softmax_cross_entropy
     if classes is None or label_range is None:
-        return functools.partial(softmax_cross_entropy, label_smoothing=label_smoothing)
+        return functools.partial(loss, label_smoothing=label_smoothing)
     low, high = label_range
     if low < 0 or high >= classes:
         raise ValueError(f"the {what} labels run from {low} to {high}, but the model has {classes} classes: "
                          f"labels must be class indices in [0, {classes})")
-    return functools.partial(softmax_cross_entropy, check_labels=False, label_smoothing=label_smoothing)
+    return functools.partial(loss, check_labels=False, label_smoothing=label_smoothing)
 
 
 def _fit_losses(model, loader, loss_fn, label_smoothing: float):
     """`fit`'s (training loss, test loss): label smoothing trains the default loss only, and the test
     loss stays unsmoothed, comparable between runs."""
     if loss_fn is softmax_cross_entropy:
+        if model.layers and isinstance(model.layers[-1], Softmax):
+            warnings.warn("the model ends in Softmax, and softmax_cross_entropy applies its own softmax: it would "
+                          "train on probabilities squashed twice (slowly, and worse); drop the last layer and "
+                          "train on logits (cnnxp.train.predict gives probabilities)", UserWarning, stacklevel=3)
         return _checked_once(model, loader, label_smoothing), loss_fn
     if label_smoothing:
         raise ValueError("label_smoothing applies to the default loss only: smooth the targets inside your loss_fn")
@@ -168,8 +176,10 @@ def train_epoch(model, optimizer, loader, loss_fn=softmax_cross_entropy, *, firs
     """One pass over ``loader``: forward, loss, backward and an optimizer step for every batch.
 
     ``lr_at(step)`` (optional) sets the learning rate before each step, ``step``
-    counting on from ``first_step``. Returns ``(loss_sum, correct, seen)``: the
-    summed loss and the number of correct predictions as device scalars (None
+    counting on from ``first_step``. ``loss_fn(logits, labels)`` returns ``(loss, grad)``, or
+    ``(loss, grad, shown)`` where the loss to report differs from the objective (fit's default
+    loss with label smoothing: the plain cross-entropy). Returns ``(loss_sum, correct, seen)``: the
+    summed (shown) loss and the number of correct predictions as device scalars (None
     without batches) and the number of images; nothing is read back to the host
     here, except through ``progress`` and, every ``check_seconds`` (None: never), the
     running loss, to raise `DivergedError` (``epoch`` None) once it is not finite.
@@ -189,7 +199,7 @@ def train_epoch(model, optimizer, loader, loss_fn=softmax_cross_entropy, *, firs
             if lr_at is not None:
                 optimizer.lr = lr_at(step)
             logits = model(x)
-            loss, grad = loss_fn(logits, y)
+            loss, grad, *shown = loss_fn(logits, y)
             model.backward(grad, need_input_grad=False)
             optimizer.step()
             step += 1
@@ -197,7 +207,7 @@ def train_epoch(model, optimizer, loader, loss_fn=softmax_cross_entropy, *, firs
             if batch == 0:  # an empty share of a short global batch: its NaN loss counts for nothing
                 continue
             seen += batch
-            batch_loss = loss * batch
+            batch_loss = (shown[0] if shown else loss) * batch
             batch_correct = _correct(xp, logits, y)
             loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
             correct = batch_correct if correct is None else correct + batch_correct

@@ -7,6 +7,7 @@ import functools
 import json
 import os
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -331,7 +332,8 @@ def test_fit_trains_with_label_smoothing_and_reports_plain_test_loss(tiny):
                                                                       label_smoothing=0.3))
     for key, value in _state(model).items():
         np.testing.assert_array_equal(value, _state(by_hand)[key], err_msg=key)
-    assert hand_hist[-1]["train_loss"] == pytest.approx(hist[-1]["train_loss"], rel=1e-6)
+    # a custom loss reports itself (the smoothed objective); fit's own reports the plain cross-entropy
+    assert hand_hist[-1]["train_loss"] != pytest.approx(hist[-1]["train_loss"], rel=1e-4)
     assert hand_hist[-1]["test_loss"] > hist[-1]["test_loss"]  # the custom loss also scores the test set
     # ...and not the plain one
     plain, plain_hist, _ = _fit_tiny(tiny)
@@ -559,3 +561,37 @@ def test_a_failed_restore_changes_nothing(small, tmp_path):
     after = _state(model)
     assert all(np.array_equal(after[k], v) for k, v in before.items())
     assert opt.step_count == 0 and opt.state == {} and loader.state_dict() == loader_before
+
+
+def test_the_training_loss_reported_is_the_plain_cross_entropy_under_label_smoothing():
+    """What fit reports and plots beside the test loss is the plain cross-entropy, not the smoothed objective."""
+    from cnnxp.losses import softmax_cross_entropy
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (48, 28, 28), dtype=np.uint8)
+    y = rng.integers(0, 10, 48)
+    reported = {}
+    for eps in (0.0, 0.3):
+        model = models.lenet5(seed=0)
+        loader = DataLoader(x, y, 16, shuffle=False)
+        history = T.fit(model, SGD(model, 1e-12), loader, 1, label_smoothing=eps, progress=False, log=None)
+        reported[eps] = history.last["train_loss"]
+    model = models.lenet5(seed=0)  # the same weights (a step of 1e-12 moves nothing that shows)
+    plain = np.mean([float(softmax_cross_entropy(model(bx), by)[0]) for bx, by in DataLoader(x, y, 16, shuffle=False)])
+    smoothed = np.mean([float(softmax_cross_entropy(model(bx), by, label_smoothing=0.3)[0])
+                        for bx, by in DataLoader(x, y, 16, shuffle=False)])
+    assert reported[0.3] == pytest.approx(plain, rel=1e-5) and reported[0.0] == pytest.approx(plain, rel=1e-5)
+    assert abs(smoothed - plain) > 0.05  # the objective differs: reporting it would have shown
+
+
+def test_a_model_ending_in_softmax_trained_with_the_default_loss_is_warned_once():
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (32, 28, 28), dtype=np.uint8), rng.integers(0, 10, 32)
+    model = cnnxp.Sequential([*models.lenet5(seed=0).layers, cnnxp.layers.Softmax()])
+    with pytest.warns(UserWarning, match=r"^the model ends in Softmax, and softmax_cross_entropy applies its own softmax: "
+                                         r".*drop the last layer and train on logits"):
+        T.fit(model, SGD(model, 0.01), DataLoader(x, y, 16), 1, progress=False, log=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plain = models.lenet5(seed=0)
+        T.fit(plain, SGD(plain, 0.01), DataLoader(x, y, 16), 1, progress=False, log=None)

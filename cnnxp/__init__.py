@@ -4,7 +4,7 @@ The same layers run on NumPy (``device="cpu"``) and on CuPy (``device="cuda"``);
 any other Array API library works through its device object and namespace.
 """
 
-from . import checkpoint, data, export, interop, layers, losses, models, ops, optim, train
+from . import checkpoint, data, evaluation, export, interop, layers, losses, models, ops, optim, train
 from .backend import (
     Device,
     DeviceError,
@@ -27,6 +27,7 @@ __all__ = [
     "checkpoint",
     "cuda_available",
     "data",
+    "evaluation",
     "export",
     "get_device",
     "interop",

@@ -32,11 +32,15 @@ import numpy as np  # host side: staging buffers and the small counts every step
 from .backend import array_device, to_device, to_numpy
 
 __all__ = ["launched", "init", "SingleProcess", "MPICommunicator", "NCCLCommunicator", "DistributedOptimizer",
-           "DistributedUnavailableError", "request_stop", "stop_requested", "limit_threads", "local_device"]
+           "DistributedUnavailableError", "STOP_KINDS", "agreed_stop", "request_stop", "stop_requested",
+           "limit_threads", "local_device"]
 
 #: Variables an MPI launcher sets in every process it starts (MPICH/Hydra, Open MPI, PMIx).
 LAUNCHER_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
-_stop = {"requested": False}
+#: How a process was asked to stop, and how all of them agreed to (``"interrupt"``: Ctrl-C,
+#: ``"terminate"``: SIGTERM, which wins when both were asked for).
+STOP_KINDS = ("interrupt", "terminate")
+_stop: dict[str, str | None] = {"requested": None, "agreed": None}
 
 
 class DistributedUnavailableError(RuntimeError):
@@ -58,13 +62,22 @@ def launcher_rank() -> int | None:
     return None
 
 
-def request_stop() -> None:
-    """Ask every process to stop after the current step (a SIGINT handler calls this)."""
-    _stop["requested"] = True
+def request_stop(kind: str = "interrupt") -> None:
+    """Ask every process to stop after the current step (a signal handler calls this); ``kind`` (one
+    of `STOP_KINDS`) travels with the request, so every process ends as the one that was signalled."""
+    if kind not in STOP_KINDS:
+        raise ValueError(f"request_stop kind must be one of {STOP_KINDS}, got {kind!r}")
+    if _stop["requested"] != "terminate":
+        _stop["requested"] = kind
 
 
 def stop_requested() -> bool:
-    return _stop["requested"]
+    return _stop["requested"] is not None
+
+
+def agreed_stop() -> str | None:
+    """How the processes agreed to stop at the step that raised KeyboardInterrupt (None before)."""
+    return _stop["agreed"]
 
 
 def init(backend: str = "auto"):
@@ -298,17 +311,20 @@ class DistributedOptimizer:
         process's flat gradient times its rows, over the sum of the rows, in one allreduce that also
         carries the rows and whether a process was asked to stop (on the host; a GPU's gradient
         goes in an allreduce of its own, so that nothing is read back from it)."""
-        n, stop = self.model.last_batch_size, int(_stop["requested"])
+        n = self.model.last_batch_size
+        asked = [int(_stop["requested"] == kind) for kind in STOP_KINDS]
         opt = self.optimizer
         with self.model.device.activate():
             grad = opt.flat_grads()
             if isinstance(grad, np.ndarray):
-                summed = self.comm.allreduce(np.concatenate([grad * n, np.array([n, stop], dtype=grad.dtype)]))
-                total, stops, grad = int(summed[-2]), summed[-1], summed[:-2]
+                summed = self.comm.allreduce(np.concatenate([grad * n, np.array([n, *asked], dtype=grad.dtype)]))
+                total, stops, grad = int(summed[-3]), summed[-2:], summed[:-3]
             else:
-                total, stops = self.comm.allreduce(np.array([n, stop], dtype=np.int64))
+                counts = self.comm.allreduce(np.array([n, *asked], dtype=np.int64))
+                total, stops = int(counts[0]), counts[1:]
                 grad = self.comm.allreduce(grad * n)
-            if stops:  # some process was asked to stop: all stop here, before updating
+            if any(stops):  # some process was asked to stop: all stop here, before updating, alike
+                _stop["agreed"] = STOP_KINDS[1] if stops[1] else STOP_KINDS[0]
                 raise KeyboardInterrupt
             opt.apply(grad / total)
 

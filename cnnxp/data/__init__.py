@@ -1,21 +1,31 @@
 """Data: IDX files, the MNIST-family datasets (local, downloaded, bundled sample) and the batch loader."""
 
 from .augment import RandomAffine, RandomShift, parse_augment
-from .datasets import DATASETS, DatasetNotFoundError, load_dataset
+from .datasets import (
+    DATASETS,
+    DatasetMismatchError,
+    DatasetNotFoundError,
+    UnverifiedDataWarning,
+    load_dataset,
+    verify,
+)
 from .idx import read_idx, write_idx
 from .loader import NORMALIZE_MEAN, NORMALIZE_STD, DataLoader, normalize
 
 __all__ = [
     "DATASETS",
     "DataLoader",
+    "DatasetMismatchError",
     "DatasetNotFoundError",
     "NORMALIZE_MEAN",
     "NORMALIZE_STD",
     "RandomAffine",
     "RandomShift",
+    "UnverifiedDataWarning",
     "load_dataset",
     "normalize",
     "parse_augment",
     "read_idx",
+    "verify",
     "write_idx",
 ]

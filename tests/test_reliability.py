@@ -150,7 +150,7 @@ def test_temporary_files_of_a_killed_run_are_removed_at_start(tmp_path, capsys):
         path.write_bytes(b"partial")
     assert cli.train_main([*SEED_RUN, "--epochs", "1", "--out", str(out), "--quiet"]) == 0
     assert _dotfiles(out) == sorted(p.name for p in kept)
-    assert "removed 2 temporary file(s) a killed run left" in capsys.readouterr().err
+    assert "removed 2 temporary files a killed run left" in capsys.readouterr().err
 
 
 # -- divergence ----------------------------------------------------------------------------------------
@@ -207,9 +207,10 @@ def test_gamma_above_one_is_refused(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def good_run(tmp_path_factory):
-    """A one-epoch run of the notebook network (Adam) on the sample."""
+    """A one-epoch run of the notebook network with Adam at batch 16 (250 steps) on the sample."""
     out = tmp_path_factory.mktemp("good") / "run"
-    assert cli.train_main([*SEED_RUN, "--epochs", "1", "--quiet", "--out", str(out)]) == 0
+    assert cli.train_main([*SEED_RUN, "--optimizer", "adam", "--batch-size", "16", "--epochs", "1", "--quiet",
+                           "--out", str(out)]) == 0
     return out
 
 
@@ -426,6 +427,37 @@ def test_sigterm_stops_both_processes_with_143(tmp_path):
     stdout, stderr = _finish(proc)
     assert proc.returncode == 143, stderr
     assert stderr.count("terminated: the checkpoint of epoch") == 1 and len(stderr.strip().splitlines()) == 1, stderr
+    assert _dotfiles(out) == []
+
+
+def _processes_running(marker: str) -> list[int]:
+    """The pids of this interpreter's processes whose command line holds ``marker`` (the ranks of a job)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if entry.name.isdigit() and argv[0] == sys.executable.encode() and marker.encode() in b" ".join(argv):
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+@needs_mpi
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the ranks' pids in /proc")
+def test_sigterm_to_one_process_ends_every_process_with_143(tmp_path):
+    """A scheduler may signal one rank, not the launcher: the kind of stop travels with the step's
+    allreduce, so the other rank also ends as terminated (143), not as interrupted (130)."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_mpi_train(tmp_path, "--epochs", "30", "--out", out), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env(tmp_path), cwd=ROOT)
+    _wait_for((out / "checkpoint.npz").exists, proc, 90)
+    ranks = _processes_running(str(out))
+    assert len(ranks) == 2, ranks
+    os.kill(ranks[-1], signal.SIGTERM)
+    stdout, stderr = _finish(proc)
+    assert proc.returncode == 143, stderr
+    assert stderr.count("terminated: the checkpoint of epoch") == 1 and "interrupted" not in stderr, stderr
     assert _dotfiles(out) == []
 
 

@@ -4,8 +4,8 @@ SIGTERM is what a scheduler, ``timeout``, Docker or systemd sends; it is handled
 in one process the handler raises at once (`Terminated`, a KeyboardInterrupt, for SIGTERM),
 except inside a `StopSignals.deferred` section (a checkpoint being written), which finishes
 first; in several processes (an MPI launcher forwards the signal to each) it asks all of them
-to stop after the same step (`cnnxp.distributed.request_stop`), and a second signal raises at
-once. It raises once: signals that arrive while the run stops (saving the last epoch) are
+to stop after the same step (`cnnxp.distributed.request_stop`, which carries the kind of signal, so
+all of them end alike even when only one was signalled), and a second signal raises at once. It raises once: signals that arrive while the run stops (saving the last epoch) are
 noted only. The run then ends with 130 after Ctrl-C and 143 after SIGTERM (128 + the signal).
 """
 
@@ -57,7 +57,8 @@ class StopSignals:
         if self._raised:  # the run is already stopping: a signal more must not cut its last writes short
             return
         if self.comm.size > 1 and not distributed.stop_requested():
-            distributed.request_stop()  # every process stops after the same step
+            # every process stops after the same step, and ends as the signalled one would (130 or 143)
+            distributed.request_stop("terminate" if signum == signal.SIGTERM else "interrupt")
             return
         if self._deferring:
             self._pending = True
@@ -74,8 +75,11 @@ class StopSignals:
         self._raised = True
 
     def status(self, exc: BaseException) -> int:
-        """The exit status after ``exc`` ended the run: 143 for SIGTERM, 130 for Ctrl-C."""
-        return 143 if isinstance(exc, Terminated) or self.received == signal.SIGTERM else 130
+        """The exit status after ``exc`` ended the run: 143 for SIGTERM, 130 for Ctrl-C; in several
+        processes, what they agreed on (SIGTERM to any one of them ends them all with 143)."""
+        terminated = (isinstance(exc, Terminated) or self.received == signal.SIGTERM
+                      or distributed.agreed_stop() == "terminate")
+        return 143 if terminated else 130
 
     def word(self, exc: BaseException) -> str:
         return "terminated" if self.status(exc) == 143 else "interrupted"

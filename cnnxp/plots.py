@@ -22,6 +22,7 @@ from .backend import to_device, to_numpy
 __all__ = [
     "PlotsUnavailable",
     "class_names",
+    "image_cmap",
     "plot_samples",
     "plot_history",
     "feature_maps",
@@ -47,6 +48,12 @@ def class_names(dataset: str | None) -> list[str]:
     if dataset == "fashion-mnist":
         return list(FASHION_MNIST_CLASSES)
     return [str(i) for i in range(10)]
+
+
+def image_cmap(dataset: str | None) -> str:
+    """How a dataset's images are drawn: Fashion-MNIST as stored (a light garment on a dark background,
+    ``"gray"``), the digits as ink on paper (``"gray_r"``: dark strokes on white)."""
+    return "gray" if dataset == "fashion-mnist" else "gray_r"
 
 
 MIN_WIDTH = 5.5  # inches: room for a figure title however few images there are
@@ -83,13 +90,14 @@ def _image(a) -> np.ndarray:
     return a.reshape(a.shape[-2], a.shape[-1]) if a.ndim > 2 else a
 
 
-def plot_samples(images, labels, path, names=None, n: int = 32, title: str = "Training images") -> Path:
-    """A grid of the first ``n`` images (N, 28, 28) with their labels."""
+def plot_samples(images, labels, path, names=None, n: int = 32, title: str = "Training images",
+                 cmap: str = "gray_r") -> Path:
+    """A grid of the first ``n`` images (N, 28, 28) with their labels; ``cmap``: `image_cmap` of the dataset."""
     images, labels = to_numpy(images), to_numpy(labels)
     names = names or class_names(None)
+    if min(n, len(images)) < 1:
+        raise ValueError(f"plot_samples needs at least one image: images has length {len(images)}, n is {n}")
     n = min(n, len(images))
-    if n < 1:
-        raise ValueError(f"plot_samples needs at least one image, got {len(images)} images and n={n}")
     rows, cols = _grid(n)
     fig = _figure(1.4 * cols, 1.55 * rows + 0.4)
     fig.suptitle(f"{title} ({n} of {len(images):,})")
@@ -97,22 +105,34 @@ def plot_samples(images, labels, path, names=None, n: int = 32, title: str = "Tr
     for i, ax in enumerate(axes.flat):
         ax.set_axis_off()
         if i < n:
-            ax.imshow(_image(images[i]), cmap="gray_r", interpolation="nearest")
+            ax.imshow(_image(images[i]), cmap=cmap, interpolation="nearest")
             ax.set_title(names[int(labels[i])], fontsize=9)
     return _save(fig, path)
 
 
+#: The curves of `plot_history`: the history's key prefix, style and legend. The names are those of the
+#: epoch line (``train loss ... acc``, ``test loss ... acc``) and of history.json (``train_loss``, ``test_loss``).
+CURVES = (("train", "o-", "train: running mean over the epoch, train mode"),
+          ("test", "s-", "test: after the epoch, eval mode"))
+HISTORY_CAPTION = ("train: the mean over the epoch's batches as they were trained on (train mode: augmentation and "
+                   "dropout on, where the run has them; weights still moving)\n"
+                   "test: the whole test set after each epoch (eval mode)\n"
+                   "Both losses are the plain cross-entropy: a label-smoothed training objective is not what is shown.")
+
+
 def plot_history(history, path, title: str = "Training curves") -> Path:
-    """Loss and accuracy per epoch, training and test, side by side."""
+    """Loss and accuracy per epoch, training and test, side by side; the legend and a caption say how each
+    was measured (`CURVES`)."""
     rows = list(history)
     epochs = [r["epoch"] for r in rows]
-    fig = _figure(10, 4)
+    fig = _figure(10, 4.6)
     fig.suptitle(title)
+    fig.supxlabel(HISTORY_CAPTION, fontsize=8, color="0.3")
     ax_loss, ax_acc = fig.subplots(1, 2)
-    for ax, key, label in ((ax_loss, "loss", "cross-entropy loss"), (ax_acc, "accuracy", "accuracy (%)")):
+    for ax, key, label in ((ax_loss, "loss", "loss (cross-entropy)"), (ax_acc, "accuracy", "accuracy (%)")):
         scale = 100.0 if key == "accuracy" else 1.0
         # None (a diverged run's NaN, as history.json stores it, or no test set) leaves a gap
-        for prefix, style, name in (("train", "o-", "training (running, train mode)"), ("test", "s-", "test")):
+        for prefix, style, name in CURVES:
             points = [(r["epoch"], scale * r[f"{prefix}_{key}"]) for r in rows
                       if r.get(f"{prefix}_{key}") is not None]
             if points:
@@ -122,7 +142,7 @@ def plot_history(history, path, title: str = "Training curves") -> Path:
         ax.set_title(f"{key.capitalize()} per epoch")
         ax.grid(True, alpha=0.3)
         if ax.lines:
-            ax.legend()
+            ax.legend(fontsize=8)
         if epochs:
             ax.set_xticks(epochs if len(epochs) <= 20 else epochs[:: max(1, len(epochs) // 10)])
     return _save(fig, path)
@@ -160,34 +180,51 @@ def feature_maps(model, image) -> list[tuple[str, np.ndarray]]:
     return stages
 
 
-def plot_feature_maps(model, image, path, label: str | None = None, max_maps: int = 16) -> Path:
-    """The input and the feature maps after each convolution and pooling layer (`feature_maps`), for one image."""
-    stages = feature_maps(model, image)
+def plot_feature_maps(model, image, path, label: str | None = None, max_maps: int = 16, cmap: str = "gray_r",
+                      per_line: int = 8) -> Path:
+    """The input and the feature maps after each convolution and pooling layer (`feature_maps`), for one image.
+
+    Each layer's maps share one colour scale, shown by the colour bar beside them, so that maps of a
+    layer can be compared; up to ``max_maps`` maps per layer, ``per_line`` to a line. ``label`` goes in the
+    title (what the image is and what the model made of it); ``cmap`` draws the input (`image_cmap`).
+    """
     x = to_numpy(image)
-    x = x.reshape(-1, *x.shape[-2:])
-    cols = min(max_maps, max([s[1].shape[0] for s in stages], default=1))
-    rows = len(stages) + 1
-    fig = _figure(1.2 * cols + 1.5, 1.35 * rows + 0.6)
-    fig.suptitle("Inside the network: feature maps of one test image" + (f" ({label})" if label else ""))
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for ax in axes.flat:
-        ax.set_axis_off()
-    axes[0, 0].imshow(_image(x[0]), cmap="gray_r", interpolation="nearest")
-    axes[0, 0].set_title("input", fontsize=8)
-    for r, (name, maps) in enumerate(stages, start=1):
-        shown = min(cols, maps.shape[0])
-        for c in range(shown):
-            ax = axes[r, c]
-            ax.imshow(maps[c], cmap="viridis", interpolation="nearest")
-            ax.set_title(f"map {c}", fontsize=7)
-        axes[r, 0].set_axis_on()
-        axes[r, 0].set_xticks([])
-        axes[r, 0].set_yticks([])
-        h, w = maps.shape[-2:]
-        more = f", {shown} of {maps.shape[0]}" if shown < maps.shape[0] else ""
-        axes[r, 0].set_ylabel(f"{name}\n{maps.shape[0]} x {h}x{w}{more}", fontsize=8, rotation=0,
-                              ha="right", va="center")
+    blocks = [("input", x.reshape(-1, *x.shape[-2:])[:1], cmap, None)]
+    for name, maps in feature_maps(model, image):
+        shown = min(max_maps, maps.shape[0])
+        more = f"\n({shown} shown)" if shown < maps.shape[0] else ""
+        blocks.append((f"{name}\n{maps.shape[0]} x {maps.shape[1]}x{maps.shape[2]}{more}", maps[:shown], "viridis",
+                       "activation"))
+    cols = min(per_line, max(len(maps) for _, maps, _, _ in blocks))
+    lines = [-(-len(maps) // cols) for _, maps, _, _ in blocks]
+    fig = _figure(1.1 * cols + 2.6, 1.25 * sum(lines) + 0.7)
+    fig.suptitle("Feature maps" + (f" of {label}" if label else ""))
+    grid = fig.add_gridspec(sum(lines), cols + 2, width_ratios=[1.7] + [1] * cols + [0.12])
+    top = 0
+    for (title, maps, colours, bar_label), n in zip(blocks, lines, strict=True):
+        _feature_block(fig, grid, top, n, title, maps, colours, bar_label)
+        top += n
     return _save(fig, path)
+
+
+def _feature_block(fig, grid, top: int, lines: int, title: str, maps: np.ndarray, cmap: str, bar_label) -> None:
+    """One layer's maps in grid lines ``top`` to ``top + lines``, on one colour scale (the smallest to the
+    largest value shown), with its name on the left and, given ``bar_label``, its colour bar on the right."""
+    cols = grid.ncols - 2
+    name = fig.add_subplot(grid[top:top + lines, 0])
+    name.set_axis_off()
+    name.text(1.0, 0.5, title, ha="right", va="center", fontsize=8, transform=name.transAxes)
+    low, high = float(maps.min()), float(maps.max())
+    for i in range(len(maps)):
+        ax = fig.add_subplot(grid[top + i // cols, 1 + i % cols])
+        ax.set_axis_off()
+        image = ax.imshow(maps[i], cmap=cmap, vmin=low, vmax=max(high, low + 1e-12), interpolation="nearest")
+        if len(maps) > 1:
+            ax.set_title(f"map {i}", fontsize=7)
+    if bar_label is not None:
+        bar = fig.colorbar(image, cax=fig.add_subplot(grid[top:top + lines, -1]))
+        bar.ax.tick_params(labelsize=7)
+        bar.set_label(bar_label, fontsize=7)
 
 
 def plot_filters(model, path) -> Path:
@@ -242,22 +279,23 @@ def plot_confusion(confusion, path, names=None, title: str = "Confusion matrix (
 
 
 def plot_misclassified(images, labels, predictions, path, names=None, n: int = 32,
-                       title: str = "Misclassified test images") -> Path:
-    """A grid of images the model got wrong, titled with the true and the predicted class."""
+                       title: str = "Misclassified test images", cmap: str = "gray_r") -> Path:
+    """A grid of images the model got wrong, titled with the true and the predicted class; ``cmap``:
+    `image_cmap` of the dataset."""
     images, labels, predictions = to_numpy(images), to_numpy(labels), to_numpy(predictions)
     names = names or class_names(None)
     wrong = np.flatnonzero(labels != predictions)
     shown = wrong[:n]
     rows, cols = _grid(max(len(shown), 1))
     fig = _figure(1.6 * cols, 1.75 * rows + 0.5)
-    fig.suptitle(f"{title} ({len(shown)} of {len(wrong):,} mistakes in {len(labels):,})")
+    fig.suptitle(f"{title} ({len(shown)} shown; wrong: {len(wrong):,} of {len(labels):,})")
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
     if len(shown) == 0:
         axes[0, 0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
     for ax, i in zip(axes.flat, shown, strict=False):
-        ax.imshow(_image(images[i]), cmap="gray_r", interpolation="nearest")
+        ax.imshow(_image(images[i]), cmap=cmap, interpolation="nearest")
         ax.set_title(f"true {names[int(labels[i])]}\npred {names[int(predictions[i])]}", fontsize=7,
                      color="firebrick")
     return _save(fig, path)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,12 +80,110 @@ def test_class_names():
     assert plots.class_names("mnist") == [str(i) for i in range(10)]
 
 
-def test_train_writes_every_plot(tmp_path):
+def test_train_writes_every_plot_and_a_resume_without_plots_removes_them(tmp_path, monkeypatch, capsys):
+    """The feature maps' title says the prediction as inspect.py does; --resume --no-plots leaves no picture
+    of an earlier epoch beside the newer metrics, and says so in one line."""
+    labels = _recorded(monkeypatch, "plot_feature_maps", "label")
     out = tmp_path / "run"
     assert cli.train_main(["--dataset", "mnist-sample", "--model", "seed", "--epochs", "1", "--out", str(out),
                            "--quiet"]) == 0
     for name in TRAIN_PLOTS:
         assert _is_png(out / name), name
+    assert re.fullmatch(r"seed after 1 epoch on mnist-sample test image (\d+): true (\d), predicted \2 "
+                        r"\(\d+\.\d%\)", labels[0]), labels
+    capsys.readouterr()
+    assert cli.train_main(["--resume", str(out), "--epochs", "2", "--quiet", "--no-plots"]) == 0
+    assert capsys.readouterr().err.strip() == (f"train.py: removed the earlier epochs' pictures from {out} "
+                                               f"({', '.join(TRAIN_PLOTS)}): this run draws none")
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz", "history.json", "metrics.json"]
+
+
+def _recorded(monkeypatch, function: str, keyword: str) -> list:
+    """Record the ``keyword`` argument of each call of ``plots.<function>``, which still draws."""
+    seen, real = [], getattr(plots, function)
+
+    def record(*args, **kwargs):
+        seen.append(kwargs.get(keyword))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(plots, function, record)
+    return seen
+
+
+def _figures(monkeypatch) -> list:
+    """The figures the plots render from now on (each still written)."""
+    figures, real = [], plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or real(fig, path))
+    return figures
+
+
+def test_feature_maps_have_one_colour_scale_and_bar_per_layer(tmp_path, digits, monkeypatch):
+    x, _ = digits
+    image = ((x[:1].astype(np.float32) / 255 - 0.1307) / 0.3081)[:, None]
+    model = models.lenet5(seed=0)
+    figures = _figures(monkeypatch)
+    plots.plot_feature_maps(model, image, tmp_path / "fm.png", label="a four")
+    fig = figures[0]
+    assert fig.get_suptitle() == "Feature maps of a four"
+    width, height = fig.get_size_inches()
+    assert width <= 12 and height <= 10  # 8 maps to a line, not 16 across
+    images = [ax.images[0] for ax in fig.axes if ax.images]
+    assert not any(ax.axison for ax in fig.axes if ax.images)  # no frame on any map
+    stages = plots.feature_maps(model, image)
+    assert len(images) == 1 + sum(maps.shape[0] for _, maps in stages)  # no empty cells
+    for _, maps in stages:  # one scale per layer, from its smallest value to its largest, and one bar
+        layer = [im for im in images[1:] if im.get_array().shape == maps.shape[1:]]
+        assert len(layer) == maps.shape[0]
+        assert {im.get_clim() for im in layer} == {(float(maps.min()), float(maps.max()))}
+        assert sum(im.colorbar is not None for im in layer) == 1
+    assert images[0].get_cmap().name == "gray_r" and images[0].colorbar is None
+
+
+def test_the_history_plot_shows_what_history_json_and_the_epoch_line_say(tmp_path, monkeypatch, capsys):
+    """The same numbers under the same names: 'train' (running, train mode) and 'test' (eval mode)."""
+    figures = _figures(monkeypatch)
+    out = tmp_path / "run"
+    assert cli.train_main(["--dataset", "mnist-sample", "--model", "seed", "--epochs", "2", "--label-smoothing",
+                           "0.1", "--out", str(out)]) == 0
+    rows = json.loads((out / "history.json").read_text())
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert [line.split("  ")[:3] for line in printed] == [
+        [f"epoch {r['epoch']}/2", f"train loss {r['train_loss']:.4f} acc {100 * r['train_accuracy']:.2f}%",
+         f"test loss {r['test_loss']:.4f} acc {100 * r['test_accuracy']:.2f}%"] for r in rows]
+    fig = next(f for f in figures if f.get_suptitle() == "seed on mnist-sample")
+    loss, accuracy = fig.axes[:2]
+    for ax, key, scale in ((loss, "loss", 1.0), (accuracy, "accuracy", 100.0)):
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+            "train: running mean over the epoch, train mode", "test: after the epoch, eval mode"]
+        for line, prefix in zip(ax.lines, ("train", "test"), strict=True):
+            np.testing.assert_allclose(line.get_ydata(), [scale * r[f"{prefix}_{key}"] for r in rows])
+    assert "Both losses are the plain cross-entropy" in fig.get_supxlabel()
+
+
+def test_image_colours_follow_the_dataset(tmp_path, monkeypatch):
+    assert plots.image_cmap("fashion-mnist") == "gray"  # light garments on a dark ground, as stored
+    assert plots.image_cmap("mnist") == plots.image_cmap("mnist-sample") == plots.image_cmap(None) == "gray_r"
+    figures = _figures(monkeypatch)
+    x, y = load_dataset("mnist-sample", "test")
+    plots.plot_samples(x, y, tmp_path / "s.png", cmap="gray")
+    plots.plot_misclassified(x, y, (y + 1) % 10, tmp_path / "m.png", cmap="gray")
+    assert {ax.images[0].get_cmap().name for fig in figures for ax in fig.axes if ax.images} == {"gray"}
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz").is_file(),
+                    reason="Debian's dataset-fashion-mnist package is not installed")
+def test_fashion_mnist_is_drawn_as_garments(tmp_path, monkeypatch):
+    """evaluate.py and inspect.py on Fashion-MNIST draw its images light on dark (a seed network trained on
+    digits will do: only the pictures are looked at)."""
+    out = tmp_path / "run"
+    assert cli.train_main(["--dataset", "mnist-sample", "--model", "seed", "--epochs", "1", "--quiet", "--no-plots",
+                           "--out", str(out)]) == 0
+    figures = _figures(monkeypatch)
+    assert cli.evaluate_main([str(out), "--dataset", "fashion-mnist", "--out", str(tmp_path / "eval")]) == 0
+    assert cli.inspect_main([str(out), "--dataset", "fashion-mnist", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    misclassified, feature_maps = figures[1], figures[2]
+    assert {ax.images[0].get_cmap().name for ax in misclassified.axes if ax.images} == {"gray"}
+    assert [ax.images[0] for ax in feature_maps.axes if ax.images][0].get_cmap().name == "gray"
 
 
 def test_train_without_matplotlib_still_works(tmp_path, monkeypatch, capsys):
@@ -147,5 +248,5 @@ def test_odd_inputs_draw_or_say_why(tmp_path, digits):
     one = plots.plot_misclassified(x[:1], y[:1], (y[:1] + 1) % 10, tmp_path / "one.png",
                                    title="Misclassified train images")
     assert Image.open(one).size[0] >= 100 * plots.MIN_WIDTH  # room for the title
-    with pytest.raises(ValueError, match="plot_samples needs at least one image, got 0 images and n=0"):
+    with pytest.raises(ValueError, match="plot_samples needs at least one image: images has length 0, n is 32"):
         plots.plot_samples(x[:0], y[:0], tmp_path / "empty.png")

@@ -2,9 +2,11 @@
 
 One module per program (`train`, `evaluate`, `inspect`), each with its parser and its
 steps, and what they share: `common` (errors, one-line notes, argument types, device,
-data and checkpoint loading, pictures, JSON), `runs` (run folders: one live run each, and what
-stays in them when a run stops), `stop` (Ctrl-C and SIGTERM), `report` (metrics and pictures)
-and `parallel` (train.py under an MPI launcher).
+checkpoint loading, pictures, JSON), `datasets` (the splits, and the dataset a run without
+``--dataset`` takes), `config` (train.py's settings: the recipe with the flags over it, or a
+resumed run's), `runs` (run folders: one live run each, and what stays in them when a run
+stops), `stop` (Ctrl-C and SIGTERM), `report` (metrics and pictures) and `parallel` (train.py
+under an MPI launcher).
 
 Each ``*_main(argv)`` parses its arguments, does its work and returns the exit
 status, so tests call them in-process. Bad arguments end with one line on stderr

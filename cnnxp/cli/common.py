@@ -1,4 +1,4 @@
-"""What the three programs share: errors and notes, argument types, device, data and checkpoint loading, output.
+"""What the three programs share: errors and notes, argument types, device, checkpoint loading, output.
 
 Every failure a user can cause ends as one line on stderr: `UsageError` (status 2,
 before any work starts) or `RunError` (status 1, a file that cannot be written).
@@ -7,12 +7,10 @@ before any work starts) or `RunError` (status 1, a file that cannot be written).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
 import sys
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +20,9 @@ import numpy as np  # host side: dataset arrays and one image for the pictures
 
 from .. import models
 from .._files import atomic_write
-from ..backend import DeviceUnavailableError, get_device
+from ..backend import DeviceUnavailableError, get_device, to_numpy
 from ..checkpoint import Checkpoint, CheckpointError, load_checkpoint, restore
-from ..data import NORMALIZE_MEAN, NORMALIZE_STD, DatasetNotFoundError, load_dataset
-from ..data.datasets import DatasetMismatchError, UnverifiedDataWarning
+from ..data import NORMALIZE_MEAN, NORMALIZE_STD
 
 DATASET_NAMES = ("mnist", "fashion-mnist", "mnist-sample")
 OPTIMIZERS = ("adam", "sgd")
@@ -33,20 +30,13 @@ SCHEDULES = ("exponential", "cosine", "constant")
 SEED_LIMIT = 2**63  # seeds are stored as int64 in checkpoints
 EVAL_BATCH_SIZE = 500
 
-#: Defaults of the run's configuration; LeNet-5 with these reaches 97% on mnist-sample in 5 epochs.
-DEFAULTS: dict[str, Any] = {
-    "model": "lenet5",
-    "epochs": 5,
-    "batch_size": 16,
-    "lr": 2e-3,
-    "optimizer": "adam",
-    "momentum": 0.9,
-    "schedule": "exponential",
-    "gamma": 0.7,
-    "augment": "affine:12,2,0.12",
-    "label_smoothing": 0.1,
-    "seed": 0,
-}
+#: Defaults of a run that no recipe holds; the training settings come from `cnnxp.recipes`.
+DEFAULTS: dict[str, Any] = {"model": "lenet5", "seed": 0}
+
+
+def plural(count: int, word: str) -> str:
+    """``1 epoch``, ``2 epochs``, ``4,000 images``."""
+    return f"{count:,} {word}" + ("" if count == 1 else "s")
 
 
 # -- a program's two halves -------------------------------------------------------------------------
@@ -141,13 +131,33 @@ def note(prog: str, message: str) -> None:
 
 
 def add_place_flags(p: argparse.ArgumentParser, dataset_help: str,
-                    data_dir_help: str = "directory with the dataset's IDX files") -> None:
-    """The flags every program has: ``--device``, ``--dataset`` and ``--data-dir``."""
+                    data_dir_help: str = "directory with the dataset's IDX files, searched before $CNNXP_DATA "
+                                         "and ~/.cache/cnnxp (default: none)") -> None:
+    """The flags every program has: ``--device``, ``--dataset``, ``--data-dir`` and ``--trust-data``."""
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--dataset", choices=DATASET_NAMES, help=dataset_help)
     p.add_argument("--data-dir", help=data_dir_help)
     p.add_argument("--trust-data", action="store_true",
                    help="use local dataset files even when they are not the published ones (with a warning)")
+
+
+def add_checkpoint_args(p: argparse.ArgumentParser, help: str) -> None:
+    """The checkpoint, given as evaluate.py and inspect.py both take it: positional, or ``--checkpoint``."""
+    p.add_argument("checkpoint", nargs="?", help=help)
+    p.add_argument("--checkpoint", dest="checkpoint_flag", metavar="PATH",
+                   help="the same as CHECKPOINT, as a flag (default: none)")
+
+
+def checkpoint_arg(args, prog: str, required: bool) -> str | None:
+    """The checkpoint given positionally or with ``--checkpoint``; UsageError for two different ones, or none
+    where one is ``required``."""
+    given = [path for path in (args.checkpoint, args.checkpoint_flag) if path is not None]
+    if len(given) == 2 and given[0] != given[1]:
+        raise UsageError(f"two checkpoints given ({given[0]!r} and --checkpoint {given[1]!r}): pass one")
+    if not given and required:
+        raise UsageError(f"expected a checkpoint: {prog} CHECKPOINT (a checkpoint.npz written by train.py, or the "
+                         "run folder holding it)")
+    return given[0] if given else None
 
 
 class Parser(argparse.ArgumentParser):
@@ -174,16 +184,17 @@ positive_int = _number(int, "a positive integer", lambda v: v >= 1, "a positive 
 non_negative_int = _number(int, "a non-negative integer", lambda v: v >= 0, ">= 0")
 seed_int = _number(int, "a non-negative integer", lambda v: 0 <= v < SEED_LIMIT, "in [0, 2**63)")
 positive_float = _number(float, "a positive number", lambda v: v > 0 and math.isfinite(v), "a positive number")
-momentum_float = _number(float, "a number", lambda v: 0 <= v < math.inf, "a finite number >= 0")
+non_negative_float = _number(float, "a number", lambda v: 0 <= v < math.inf, "a finite number >= 0")
 gamma_float = _number(float, "a number in (0, 1]", lambda v: 0 < v <= 1, "in (0, 1] (a decay)")
 smoothing_float = _number(float, "a number", lambda v: 0 <= v < 1, "in [0, 1)")
 
 
 def find_device(name: str):
+    """The device named by ``--device``; UsageError whose advice names the flag (the library's names the device)."""
     try:
         return get_device(name)
     except (ValueError, DeviceUnavailableError) as exc:
-        raise UsageError(one_line(exc)) from None
+        raise UsageError(one_line(exc).replace("the CPU (device 'cpu')", "the CPU (--device cpu)")) from None
 
 
 # -- checkpoints and the configuration they carry ---------------------------------------------------
@@ -213,6 +224,10 @@ CONFIG_RULES = {
     "schedule": _one_of(SCHEDULES),
     "gamma": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
     "label_smoothing": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "weight_decay": (lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
+    "recipe": (lambda v: v is None or isinstance(v, str), "a recipe's name or null"),
+    "sources": (lambda v: isinstance(v, dict) and all(isinstance(s, str) for s in v.values()),
+                "an object naming where each setting came from"),
     "seed": (lambda v: _is_int(v) and 0 <= v < SEED_LIMIT, "an integer in [0, 2**63)"),
 }
 
@@ -254,76 +269,24 @@ def restore_or_refuse(checkpoint: Checkpoint, model, optimizer=None, loader=None
         raise UsageError(one_line(exc)) from None
 
 
-# -- data ------------------------------------------------------------------------------------------
-
-
-def load_split(name: str, data_dir, split: str, trust: bool = False, prog: str = ""):
-    """A named dataset's split, checked (`checked_split`); UsageError for one that cannot be had or used."""
-    try:
-        with _data_warnings(prog):
-            images, labels = load_dataset(name, split, data_dir=data_dir, trust_data=trust)
-    except DatasetNotFoundError as exc:
-        first = str(exc).splitlines()[0].removesuffix(" in")
-        raise UsageError(
-            f"dataset {name!r} is not available ({first}; not downloadable): pass --data-dir DIR with its IDX "
-            "files, set CNNXP_DATA, or use --dataset mnist-sample"
-        ) from None
-    except DatasetMismatchError as exc:
-        raise UsageError(f"{exc.facts}: pass --data-dir with the {name} files, or --trust-data to use this one "
-                         "anyway") from None
-    except (ValueError, OSError) as exc:
-        raise UsageError(f"dataset {name!r} cannot be read: {one_line(exc)}") from None
-    return checked_split(name, split, images, labels)
-
-
-def checked_split(name: str, split: str, images: np.ndarray, labels: np.ndarray):
-    """``(images, labels)``, or UsageError for a split the models cannot take: empty, or not 28x28."""
-    if len(images) == 0:
-        raise UsageError(f"the {name} {split} split holds 0 images: expected at least one (are its IDX files "
-                         "the right ones? see --data-dir)")
-    if images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise UsageError(f"the {name} {split} images are {images.shape[1:]}: the models take 28x28 images")
-    return images, labels
-
-
-@contextlib.contextmanager
-def _data_warnings(prog: str):
-    """Data used though unverified (``--trust-data``): each warning as one note."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UnverifiedDataWarning)
-        yield
-    for warning in caught:
-        if issubclass(warning.category, UnverifiedDataWarning):
-            note(prog or "cnnxp", f"warning: {warning.message}")
-        else:
-            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-
-
-def load_data(name: str | None, data_dir, prog: str, trust: bool = False):
-    """(dataset name, train arrays, test arrays); without a name, full MNIST or else the bundled sample
-    (a full MNIST whose files are not the published ones is an error, not a reason to fall back)."""
-    if name is not None:
-        return name, load_split(name, data_dir, "train", trust, prog), load_split(name, data_dir, "test", trust, prog)
-    try:
-        with _data_warnings(prog):
-            train = load_dataset("mnist", "train", data_dir=data_dir, trust_data=trust)
-            test = load_dataset("mnist", "test", data_dir=data_dir, trust_data=trust)
-        return "mnist", checked_split("mnist", "train", *train), checked_split("mnist", "test", *test)
-    except DatasetNotFoundError:
-        note(prog, "full MNIST is not on this machine and could not be downloaded; "
-                   "training on the bundled sample (--dataset mnist-sample) instead")
-    except DatasetMismatchError as exc:
-        raise UsageError(f"{exc.facts}: pass --data-dir with the MNIST files, --trust-data to use this one "
-                         "anyway, or --dataset mnist-sample") from None
-    except (ValueError, OSError) as exc:
-        note(prog, f"full MNIST cannot be read ({one_line(exc)}); training on the bundled sample instead")
-    return "mnist-sample", load_dataset("mnist-sample", "train"), load_dataset("mnist-sample", "test")
+# -- images and names -----------------------------------------------------------------------------
 
 
 def normalise(images: np.ndarray) -> np.ndarray:
     """uint8 images (N, 28, 28) as the loader feeds them: float32 (N, 1, 28, 28), normalised."""
     x = (images.astype(np.float32) / 255.0 - NORMALIZE_MEAN) / NORMALIZE_STD
     return x.reshape(x.shape[0], 1, *x.shape[1:])
+
+
+def prediction_text(model, image: np.ndarray, names: list[str], true_label: int) -> tuple[str, int]:
+    """What the model makes of one normalised image (1, 1, H, W): ``true 7, predicted 7 (98.2%)``, and the
+    predicted class (inspect.py's line and the feature maps' title say it alike)."""
+    from ..train import predict
+
+    classes, probs = predict(model, image)
+    predicted = int(np.asarray(to_numpy(classes))[0])
+    p = float(np.asarray(to_numpy(probs))[0, predicted])
+    return f"true {names[int(true_label)]}, predicted {names[predicted]} ({100 * p:.1f}%)", predicted
 
 
 def class_names(dataset: str | None) -> list[str]:

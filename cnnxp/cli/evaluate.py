@@ -21,16 +21,19 @@ from .common import (
     Job,
     Parser,
     UsageError,
+    add_checkpoint_args,
     add_place_flags,
+    checkpoint_arg,
     class_names,
     draw_plot,
     find_device,
-    load_split,
+    plural,
     positive_int,
     read_checkpoint,
     restore_or_refuse,
     run_program,
 )
+from .datasets import load_split
 from .runs import output_folder
 
 __all__ = ["evaluate_main", "evaluate_parser"]
@@ -40,11 +43,14 @@ PROG = "evaluate.py"
 
 def evaluate_parser() -> argparse.ArgumentParser:
     p = Parser(prog=PROG, description="Test accuracy, per-class accuracy and confusion matrix of a checkpoint.")
-    p.add_argument("checkpoint", help="a checkpoint.npz written by train.py (or the run folder holding it)")
+    add_checkpoint_args(p, "a checkpoint.npz written by train.py, or the run folder holding it (needed: this or "
+                           "--checkpoint)")
     add_place_flags(p, "default: the dataset the checkpoint was trained on")
-    p.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE)
-    p.add_argument("--split", choices=("test", "train"), default="test")
-    p.add_argument("--out", help="also draw confusion_matrix.png and misclassified.png into this directory")
+    p.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE,
+                   help=f"images per forward pass (default: {EVAL_BATCH_SIZE})")
+    p.add_argument("--split", choices=("test", "train"), default="test", help="default: test")
+    p.add_argument("--out", help="also draw confusion_matrix.png and misclassified.png into this directory "
+                                 "(default: none, no pictures)")
     return p
 
 
@@ -56,10 +62,10 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
 
 def _prepare(args) -> Job:
     """Read and check everything before any work: UsageError, with a folder made for ``--out`` removed again."""
-    checkpoint = read_checkpoint(args.checkpoint)
+    checkpoint = read_checkpoint(checkpoint_arg(args, PROG, required=True))
     config = checkpoint.config
     if "model" not in config:
-        raise UsageError(f"checkpoint {args.checkpoint!r} does not say which model it holds")
+        raise UsageError(f"checkpoint {str(checkpoint.path)!r} does not say which model it holds")
     dataset = args.dataset or config.get("dataset")
     if dataset is None:
         raise UsageError("the checkpoint does not name its dataset: pass --dataset")
@@ -84,8 +90,8 @@ def _evaluate(args, job: Job) -> None:
 
 def _report(args, job: Job, result: EvalResult, seconds: float, names: list[str]) -> None:
     """The accuracy and loss, each class's accuracy, and the confusion matrix as a table."""
-    print(f"{job.model_name} from {job.checkpoint.path} (epoch {job.checkpoint.epoch}) on "
-          f"{job.dataset} {args.split} ({result.num_samples:,} images, device {job.device.name}, {seconds:.1f} s)")
+    print(f"{job.model_name} from {job.checkpoint.path} (epoch {job.checkpoint.epoch}) on {job.dataset} "
+          f"{args.split} ({plural(result.num_samples, 'image')}, device {job.device.name}, {seconds:.1f} s)")
     print(f"{args.split} accuracy {100 * result.accuracy:.2f}%  loss {result.loss:.4f}")
     print()
     width = max(len(n) for n in names)
@@ -113,6 +119,7 @@ def _draw(args, job: Job, result: EvalResult, names: list[str]) -> None:
         draw_plot(PROG, written, "misclassified",
                   lambda: plots.plot_misclassified(job.images, result.labels, result.predictions,
                                                    out / "misclassified.png", names,
-                                                   title=f"Misclassified {args.split} images"))
+                                                   title=f"Misclassified {args.split} images",
+                                                   cmap=plots.image_cmap(job.dataset)))
     if written:
         print(f"wrote {', '.join(str(out / w) for w in written)}")

@@ -15,26 +15,29 @@ from pathlib import Path
 import numpy as np
 
 from .. import models
-from ..backend import to_device, to_numpy
-from ..train import predict
+from ..backend import to_device
 from .common import (
     DEFAULTS,
     Job,
     Parser,
     UsageError,
+    add_checkpoint_args,
     add_place_flags,
+    checkpoint_arg,
     class_names,
     draw_plot,
     find_device,
-    load_split,
     non_negative_int,
     normalise,
+    plural,
     positive_int,
+    prediction_text,
     read_checkpoint,
     restore_or_refuse,
     run_program,
     seed_int,
 )
+from .datasets import load_split
 from .runs import output_folder
 
 __all__ = ["inspect_main", "inspect_parser"]
@@ -44,14 +47,17 @@ PROG = "inspect.py"
 
 def inspect_parser() -> argparse.ArgumentParser:
     p = Parser(prog=PROG, description="Per-layer forward/backward times and the feature maps of one test image.")
-    p.add_argument("--checkpoint", help="a checkpoint.npz, or the run folder holding it (default: a freshly "
-                                        "initialised --model)")
-    p.add_argument("--model", choices=tuple(models.MODELS), help="preset when no checkpoint is given (default: lenet5)")
-    p.add_argument("--seed", type=seed_int, default=0)
+    add_checkpoint_args(p, "a checkpoint.npz written by train.py, or the run folder holding it (default: none, "
+                           "a freshly initialised --model)")
+    p.add_argument("--model", choices=tuple(models.MODELS),
+                   help=f"preset when no checkpoint is given (default: {DEFAULTS['model']})")
+    p.add_argument("--seed", type=seed_int, default=DEFAULTS["seed"],
+                   help=f"seed of the fresh weights when no checkpoint is given (default: {DEFAULTS['seed']})")
     add_place_flags(p, "where the test image comes from (default: the checkpoint's dataset, else mnist-sample)")
     p.add_argument("--index", type=non_negative_int, default=0, help="index of the test image (default: 0)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="batch for the timings (default: 64)")
-    p.add_argument("--repeats", type=positive_int, default=5, help="timed runs per layer; the median is shown")
+    p.add_argument("--repeats", type=positive_int, default=5,
+                   help="timed runs per layer; the median is shown (default: 5)")
     p.add_argument("--out", help="directory for feature_maps_<index>.png (default: the checkpoint's directory, or .)")
     return p
 
@@ -64,7 +70,8 @@ def inspect_main(argv: Sequence[str] | None = None) -> int:
 
 def _prepare(args) -> Job:
     """Read and check everything before any work: UsageError, with a folder made for ``--out`` removed again."""
-    checkpoint = read_checkpoint(args.checkpoint) if args.checkpoint else None
+    path = checkpoint_arg(args, PROG, required=False)
+    checkpoint = read_checkpoint(path) if path is not None else None
     config = checkpoint.config if checkpoint is not None else {}
     model_name = config.get("model") or args.model or DEFAULTS["model"]
     if checkpoint is not None and args.model and args.model != model_name:
@@ -80,7 +87,7 @@ def _prepare(args) -> Job:
     with output_folder(out):
         images, labels = load_split(dataset, args.data_dir, "test", args.trust_data, PROG)
         if args.index >= len(labels):
-            raise UsageError(f"--index {args.index} is out of range: the {dataset} test set has {len(labels)} images")
+            raise UsageError(f"--index {args.index} is out of range: the {dataset} test set has {plural(len(labels), 'image')}")
         model = models.build(model_name, seed=args.seed, device=device)
         if checkpoint is not None:
             restore_or_refuse(checkpoint, model)
@@ -93,8 +100,8 @@ def _inspect(args, job: Job) -> None:
     print()
     _time_layers(args, job)
     print()
-    image, predicted = _classify(args, job, names)
-    _draw(args, job, image, names[int(job.labels[args.index])], names[predicted])
+    image, prediction = _classify(args, job, names)
+    _draw(args, job, image, prediction)
 
 
 def _time_layers(args, job: Job) -> None:
@@ -105,31 +112,30 @@ def _time_layers(args, job: Job) -> None:
     x = to_device(normalise(job.images[:batch]), job.device)
     y = to_device(job.labels[:batch], job.device)
     rows = layer_times(job.model, x, y, repeats=args.repeats)
-    print(f"per-layer time on {job.device.name}, batch of {batch}, median of {args.repeats} runs "
+    print(f"per-layer time on {job.device.name}, batch of {batch}, median of {plural(args.repeats, 'run')} "
           "(device synchronised around each layer)")
     print(format_layer_times(rows, batch_size=batch))
 
 
-def _classify(args, job: Job, names: list[str]) -> tuple[np.ndarray, int]:
-    """Print what the model makes of test image ``--index``; returns that image (normalised) and its class."""
+def _classify(args, job: Job, names: list[str]) -> tuple[np.ndarray, str]:
+    """Print what the model makes of test image ``--index``; returns that image (normalised) and the
+    prediction as said (``true 7, predicted 7 (98.2%)``)."""
     image = normalise(job.images[args.index:args.index + 1])
-    classes, probs = predict(job.model, image)
-    predicted = int(np.asarray(to_numpy(classes))[0])
-    p = np.asarray(to_numpy(probs))[0]
+    prediction, _ = prediction_text(job.model, image, names, job.labels[args.index])
     source = f"{job.checkpoint.path} (epoch {job.checkpoint.epoch})" if job.checkpoint is not None else "fresh weights"
-    print(f"{job.model_name} ({source}) on {job.dataset} test image {args.index}: "
-          f"true {names[int(job.labels[args.index])]}, predicted {names[predicted]} ({100 * p[predicted]:.1f}%)")
-    return image, predicted
+    print(f"{job.model_name} ({source}) on {job.dataset} test image {args.index}: {prediction}")
+    return image, prediction
 
 
-def _draw(args, job: Job, image: np.ndarray, true: str, predicted: str) -> None:
+def _draw(args, job: Job, image: np.ndarray, prediction: str) -> None:
     """feature_maps_<index>.png in the output folder (a note instead when matplotlib is missing)."""
     from .. import plots
 
     written: list[str] = []
-    label = f"test image {args.index}, true {true}, predicted {predicted}"
+    weights = f"after {plural(job.checkpoint.epoch, 'epoch')}" if job.checkpoint is not None else "with fresh weights"
+    label = f"{job.model_name} {weights} on {job.dataset} test image {args.index}: {prediction}"
     draw_plot(PROG, written, "feature_maps",
               lambda: plots.plot_feature_maps(job.model, image, job.out / f"feature_maps_{args.index}.png",
-                                              label=label))
+                                              label=label, cmap=plots.image_cmap(job.dataset)))
     if written:
         print(f"wrote {job.out / written[0]}")

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np  # host side: which test image the pictures show
 
 from ..train import EvalResult
-from .common import draw_plot, normalise
+from .common import draw_plot, normalise, plural, prediction_text
+from .config import repeat_command
 
 __all__ = ["metrics", "draw_samples", "draw_pictures"]
 
@@ -40,6 +41,7 @@ def metrics(run, result: EvalResult, names: list[str]) -> dict[str, Any]:
         "train_samples": len(y_train),
         "test_samples": len(y_test),
         "config": config,
+        "command": repeat_command(config),
     }
 
 
@@ -50,7 +52,8 @@ def draw_samples(run, names: list[str], written: list[str]) -> bool:
     x_train, y_train = run.train_data
     return draw_plot(PROG, written, "samples",
                      lambda: plots.plot_samples(x_train, y_train, run.out / "samples.png", names,
-                                                title=f"{run.config['dataset']} training images"))
+                                                title=f"{run.config['dataset']} training images",
+                                                cmap=plots.image_cmap(run.config["dataset"])))
 
 
 def draw_pictures(run, result: EvalResult, names: list[str], written: list[str]) -> None:
@@ -61,16 +64,19 @@ def draw_pictures(run, result: EvalResult, names: list[str], written: list[str])
     x_test, y_test = run.test_data
     wrong = result.predictions != result.labels
     index = int(np.flatnonzero(~wrong)[0]) if (~wrong).any() else 0
-    label = f"true {names[int(y_test[index])]}, test image {index}"
+    image = normalise(x_test[index:index + 1])
+    label = (f"{config['model']} after {plural(len(run.history), 'epoch')} on {config['dataset']} test image "
+             f"{index}: {prediction_text(model, image, names, y_test[index])[0]}")
+    cmap = plots.image_cmap(config["dataset"])
     draws = [
         ("history", lambda: plots.plot_history(run.history, out / "history.png",
                                                title=f"{config['model']} on {config['dataset']}")),
-        ("feature_maps", lambda: plots.plot_feature_maps(model, normalise(x_test[index:index + 1]),
-                                                         out / "feature_maps.png", label=label)),
+        ("feature_maps", lambda: plots.plot_feature_maps(model, image, out / "feature_maps.png", label=label,
+                                                         cmap=cmap)),
         ("filters", lambda: plots.plot_filters(model, out / "filters.png")),
         ("confusion", lambda: plots.plot_confusion(result.confusion, out / "confusion_matrix.png", names)),
         ("misclassified", lambda: plots.plot_misclassified(
-            x_test, result.labels, result.predictions, out / "misclassified.png", names)),
+            x_test, result.labels, result.predictions, out / "misclassified.png", names, cmap=cmap)),
     ]
     for name, draw in draws:
         if not draw_plot(PROG, written, name, draw):

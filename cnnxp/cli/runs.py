@@ -26,7 +26,7 @@ import numpy as np
 
 from .._files import FolderInUseError, FolderLock, describe_holder, lock_folder, temporary_files
 from ..checkpoint import write_checkpoint
-from .common import UsageError, note
+from .common import UsageError, note, plural
 
 #: The files only a training run writes into its folder: their temporary files left by a killed
 #: run are removed when the next run takes the folder (`claim_run_folder`) and when a run stops.
@@ -124,7 +124,7 @@ def claim_run_folder(out: Path, what: str, resume: str | None, overwrite: bool, 
                          f"{checkpoint}, choose another --out, or pass --overwrite to replace it")
     removed = remove_temporaries(out)
     if removed:
-        note(prog, f"removed {len(removed)} temporary file(s) a killed run left in {out}: "
+        note(prog, f"removed {plural(len(removed), 'temporary file')} a killed run left in {out}: "
                    + ", ".join(p.name for p in removed))
     return lock
 

@@ -2,13 +2,15 @@
 
 The steps of `train_main`, each a function below:
 
-1. parse the flags; read the checkpoint to resume (``--resume``) and resolve the run's
-   configuration (`train_config`: the flags, else the checkpoint's, else `DEFAULTS`);
-2. find the device and the data (`load_data`, with its fallback to the bundled sample), then
-   make and claim the output folder (`_make_folder`: one live run per folder); bad input ends
-   here with one line and status 2, before any folder is made;
+1. parse the flags (``--show-recipe`` prints the settings and ends here: `config.show_recipe`); read
+   the checkpoint to resume (``--resume``) and keep its configuration (`config.resumed_config`);
+2. find the device and the data (`load_data`, with its fallback to the bundled sample), resolve a
+   new run's configuration from the recipe of its model and that dataset, with the flags given over
+   it (`config.new_config`), then make and claim the output folder (`_make_folder`: one live run
+   per folder); bad input ends here with one line and status 2, before any folder is made;
 3. build the run (`_build`: model, optimizer, loaders) and restore a resumed one (`_resume`);
-4. train (`_train_epochs`: `cnnxp.train.fit`, `_save_epoch` after every epoch);
+4. train (`_train_epochs`: `cnnxp.train.fit`, `_save_epoch` after every epoch; the pictures of
+   earlier epochs in the folder go after the first new one);
 5. evaluate, write ``metrics.json`` and ``history.json`` (`report.metrics`), draw the
    pictures (`report.draw_pictures`) and report.
 
@@ -19,11 +21,12 @@ status 130 and 143 (`stop.StopSignals`); a diverged run ends with one line and s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,30 +42,33 @@ from .common import (
     DEFAULTS,
     EVAL_BATCH_SIZE,
     OPTIMIZERS,
-    SCHEDULES,
     Parser,
     RunError,
     UsageError,
     add_place_flags,
     broken_pipe,
-    check_saved_config,
     class_names,
     find_device,
-    gamma_float,
-    load_data,
-    momentum_float,
     note,
     one_line,
-    positive_float,
-    positive_int,
+    plural,
     read_checkpoint,
     restore_or_refuse,
     say,
     seed_int,
     set_silent,
-    smoothing_float,
     write_json,
 )
+from .config import (
+    OLDER_DEFAULTS,
+    RESUMED_KEYS,
+    add_recipe_flags,
+    describe,
+    new_config,
+    resumed_config,
+    show_recipe,
+)
+from .datasets import load_data
 from .runs import (
     LastEpoch,
     RunFolder,
@@ -76,103 +82,50 @@ from .runs import (
 )
 from .stop import StopSignals, Terminated
 
-__all__ = ["train_main", "train_parser", "train_config", "DEFAULTS", "RESUMED_KEYS", "OLDER_DEFAULTS"]
+__all__ = ["train_main", "train_parser", "DEFAULTS", "RESUMED_KEYS", "OLDER_DEFAULTS"]
 
 PROG = "train.py"
 CHECKPOINT_NAME = "checkpoint.npz"
-#: The configuration keys a resumed run takes from its checkpoint.
-RESUMED_KEYS = ("dataset", "model", "batch_size", "lr", "optimizer", "momentum", "schedule", "gamma", "augment",
-                "label_smoothing", "seed")
-#: What a checkpoint written before a configuration key existed ran with.
-OLDER_DEFAULTS = {"label_smoothing": 0.0}
+#: The pictures a run draws; a later run into the folder removes them once it has trained an epoch.
+PICTURES = ("samples.png", "history.png", "feature_maps.png", "filters.png", "confusion_matrix.png",
+            "misclassified.png")
 
 
 # -- flags and the run's configuration -------------------------------------------------------------
 
 
-def augment_spec(text) -> str:
-    """The canonical spelling of an augmentation (``none``, ``shift:N``, ``affine:D,P,S``)."""
-    try:
-        transform = parse_augment(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("bad augmentation ")) from None
-    return "none" if transform is None else transform.spec()
-
-
 def train_parser() -> argparse.ArgumentParser:
     p = Parser(
         prog=PROG,
-        description="Train a CNN on MNIST-family digits or garments; write a checkpoint, metrics, history and plots.",
+        description="Train a CNN on MNIST-family digits or garments; write a checkpoint, metrics, history and plots. "
+                    "The training settings come from the recipe of the model and dataset (docs/training.md); each "
+                    "one given as a flag overrides that setting; --show-recipe prints them and where each came from.",
     )
     add_place_flags(p, "default: mnist when it is on disk or downloadable, else the bundled mnist-sample",
-                    "directory with the dataset's IDX files (raw or .gz); searched first")
+                    "directory with the dataset's IDX files (raw or .gz), searched before $CNNXP_DATA and "
+                    "~/.cache/cnnxp; downloads go there (default: none)")
     p.add_argument("--model", choices=tuple(models.MODELS), help=f"network preset (default: {DEFAULTS['model']})")
-    p.add_argument("--epochs", type=positive_int,
-                   help=f"total number of epochs (default: {DEFAULTS['epochs']}, or the resumed run's)")
-    p.add_argument("--batch-size", type=positive_int, help=f"default: {DEFAULTS['batch_size']}")
-    p.add_argument("--lr", type=positive_float, help=f"learning rate (default: {DEFAULTS['lr']})")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"default: {DEFAULTS['optimizer']}")
-    p.add_argument("--momentum", type=momentum_float, help=f"SGD momentum (default: {DEFAULTS['momentum']})")
-    p.add_argument("--schedule", choices=SCHEDULES,
-                   help="learning rate over the run: exponential (lr * gamma ** epochs done; resumes exactly), "
-                        f"cosine (to 0 at --epochs) or constant (default: {DEFAULTS['schedule']})")
-    p.add_argument("--gamma", type=gamma_float,
-                   help=f"decay per epoch of the exponential schedule (default: {DEFAULTS['gamma']})")
-    p.add_argument("--augment", type=augment_spec, metavar="SPEC",
-                   help="random distortions of the training images: none (or 0); N or shift:N (whole-pixel shifts "
-                        "up to N); affine (rotations up to 12 degrees, shifts up to 2 pixels, zoom up to 12%%) or "
-                        f"affine:DEGREES,PIXELS,SCALE (default: {DEFAULTS['augment']})")
-    p.add_argument("--label-smoothing", type=smoothing_float, metavar="EPS",
-                   help="train against targets (1 - EPS) * one-hot + EPS / classes "
-                        f"(default: {DEFAULTS['label_smoothing']})")
-    p.add_argument("--seed", type=seed_int, help="seed of the weights, the shuffling and dropout (default: 0)")
+    p.add_argument("--seed", type=seed_int,
+                   help=f"seed of the weights, the shuffling and dropout (default: {DEFAULTS['seed']}, or the resumed "
+                        "run's)")
+    add_recipe_flags(p)
+    p.add_argument("--show-recipe", action="store_true",
+                   help="print the settings this run would use, each with where it came from, and exit")
     p.add_argument("--out", help="output directory (default: a new runs/<dataset>-<model>-<time>, "
                                  "or the checkpoint's directory with --resume)")
-    p.add_argument("--resume", metavar="PATH", help="continue from a checkpoint.npz (or the run folder holding it)")
+    p.add_argument("--resume", metavar="PATH",
+                   help="continue from a checkpoint.npz (or the run folder holding it) with the settings it "
+                        "recorded (default: none, a new run)")
     p.add_argument("--overwrite", action="store_true",
                    help="train into an --out that holds another run's checkpoint, replacing it")
-    p.add_argument("--no-plots", action="store_true", help="skip the pictures")
+    p.add_argument("--no-plots", action="store_true",
+                   help="draw no pictures; those of earlier epochs in the run folder are removed once this run "
+                        "has trained one")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines (for logs and CI)")
     p.add_argument("--distributed", choices=("auto", "mpi", "nccl", "off"), default="auto",
                    help="data-parallel training when an MPI launcher started the processes (mpiexec -n N python "
                         "-m mpi4py scripts/train.py): auto (MPI), mpi, nccl (GPUs) or off (default: auto)")
     return p
-
-
-def _resumed_config(checkpoint: Checkpoint, given: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint's configuration, in today's form; UsageError when it is incomplete or a flag contradicts it."""
-    saved = {**OLDER_DEFAULTS, **checkpoint.config}
-    if "augment" in saved:
-        try:
-            saved["augment"] = augment_spec(saved["augment"])
-        except argparse.ArgumentTypeError as exc:
-            raise UsageError(f"checkpoint {str(checkpoint.path)!r} has a bad augmentation: {exc}") from None
-    missing = [k for k in RESUMED_KEYS if k not in saved]
-    if missing:
-        raise UsageError(f"checkpoint {str(checkpoint.path)!r} lacks the run configuration ({', '.join(missing)})")
-    check_saved_config(checkpoint)
-    for key, value in given.items():
-        if value != saved[key]:
-            flag = "--" + key.replace("_", "-")
-            raise UsageError(
-                f"{flag} {value} differs from the checkpoint's {saved[key]}: a resumed run keeps its "
-                "configuration (leave the flag out, or start a new run)"
-            )
-    config = {**DEFAULTS, **{k: saved[k] for k in RESUMED_KEYS}}
-    config["epochs"] = saved.get("epochs", DEFAULTS["epochs"])
-    return config
-
-
-def train_config(args, checkpoint: Checkpoint | None) -> dict[str, Any]:
-    """The run's configuration: the flags given, over the resumed checkpoint's or `DEFAULTS`."""
-    given = {key: getattr(args, key) for key in RESUMED_KEYS if getattr(args, key) is not None}
-    if checkpoint is None:
-        config = {**DEFAULTS, **given, "dataset": args.dataset}
-    else:
-        config = _resumed_config(checkpoint, given)
-    if args.epochs is not None:
-        config["epochs"] = args.epochs
-    return config
 
 
 # -- the program -----------------------------------------------------------------------------------
@@ -202,6 +155,8 @@ def _train_main(argv, holder: dict) -> int:
     try:
         try:
             args = train_parser().parse_args(argv)
+            if args.show_recipe:
+                return show_recipe(args)
             comm = holder["comm"] = parallel.start(args, PROG)
             stop = StopSignals(comm)
             stop.install()
@@ -236,10 +191,12 @@ def _prepare(args, comm, folders: RunFolder):
         checkpoint = read_checkpoint(args.resume) if args.resume else None
         if checkpoint is not None:
             args.resume = str(checkpoint.path)  # a run folder given for --resume: its checkpoint.npz
-        config = train_config(args, checkpoint)
+        config = resumed_config(checkpoint, args) if checkpoint is not None else None
         device = find_device(args.device)
-        dataset, train_data, test_data = load_data(config["dataset"], args.data_dir, PROG, args.trust_data)
-        config["dataset"] = dataset
+        dataset, train_data, test_data = load_data(config["dataset"] if config else args.dataset, args.data_dir,
+                                                   PROG, args.trust_data)
+        if config is None:  # the recipe follows the dataset actually used (the sample, when MNIST cannot be had)
+            config = new_config(args, dataset)
         if comm.rank == 0:
             _make_folder(args, checkpoint, config, folders)
     except UsageError as exc:
@@ -298,7 +255,9 @@ def _run(args, config, checkpoint, device, out: Path, train_data, test_data, las
     names = class_names(config["dataset"])
     _report_start(run, args.quiet, checkpoint, args.resume)
     written: list[str] = []
+    earlier = [name for name in PICTURES if (out / name).is_file()] if comm.rank == 0 else []
     plots_ok = not args.no_plots and comm.rank == 0 and report.draw_samples(run, names, written)
+    run.stale, run.drawing = [out / name for name in earlier if name not in written], plots_ok
     _train_epochs(run, args.quiet, last)
     result = evaluate(run.model, run.test_loader, return_predictions=True)
     if comm.rank != 0:
@@ -311,7 +270,7 @@ def _run(args, config, checkpoint, device, out: Path, train_data, test_data, las
     if plots_ok:
         report.draw_pictures(run, result, names, written)
     files = ", ".join([CHECKPOINT_NAME, "metrics.json", "history.json", *written])
-    print(f"test accuracy {100 * result.accuracy:.2f}% (loss {result.loss:.4f}) after {len(run.history)} epochs "
+    print(f"test accuracy {100 * result.accuracy:.2f}% (loss {result.loss:.4f}) after {plural(len(run.history), 'epoch')} "
           f"on {config['dataset']}, {metrics['train_seconds']:.1f} s of training", flush=True)
     print(f"wrote {out}/: {files}", flush=True)
     return 0
@@ -336,13 +295,15 @@ class _Run:
     history: History
     comm: Any = None  # the job's communicator (`cnnxp.distributed`)
     stop: Any = None  # the run's `StopSignals`
+    stale: list[Path] = field(default_factory=list)  # pictures of earlier epochs, removed after the first new one
+    drawing: bool = False  # whether this run draws its pictures at the end
 
 
 def _make_optimizer(config: dict[str, Any], model):
     if config["optimizer"] == "adam":
-        return Adam(model, lr=config["lr"])
+        return Adam(model, lr=config["lr"], weight_decay=config["weight_decay"])
     if config["optimizer"] == "sgd":
-        return SGD(model, lr=config["lr"], momentum=config["momentum"])
+        return SGD(model, lr=config["lr"], momentum=config["momentum"], weight_decay=config["weight_decay"])
     raise ValueError(f"unknown optimizer {config['optimizer']!r}: expected one of {', '.join(OPTIMIZERS)}")
 
 
@@ -377,9 +338,7 @@ def _report_start(run: _Run, quiet: bool, checkpoint: Checkpoint | None, resumed
     (_, y_train), (_, y_test) = run.train_data, run.test_data
     say(quiet, f"{config['model']} ({run.model.num_parameters():,} parameters) on {config['dataset']} "
                f"({len(y_train):,} training / {len(y_test):,} test images), device {run.device.name}")
-    say(quiet, f"{config['optimizer']} lr {config['lr']:g} ({config['schedule']}), batch {config['batch_size']}, "
-               f"augmentation {config['augment']}, label smoothing {config['label_smoothing']:g}, "
-               f"{config['epochs']} epochs, seed {config['seed']}; "
+    say(quiet, describe(config) + "; "
                + (f"{run.comm.size} processes (data-parallel, batch {config['batch_size']} in all); "
                   if run.comm.size > 1 else "")
                + f"writing to {run.out}")
@@ -413,6 +372,20 @@ def _save_epoch(run: _Run, last: LastEpoch, history: History) -> None:
                            f"{exc.strerror or exc}{kept}") from None
         last.keep(arrays, epoch, saved=True)
         write_json(run.out / "history.json", history.rows)
+    _remove_stale_pictures(run)
+
+
+def _remove_stale_pictures(run: _Run) -> None:
+    """Once the folder holds a newer epoch, the pictures of the earlier ones go: a run that draws its own
+    replaces them at the end; one that does not (--no-plots, no matplotlib) says so in one line."""
+    removed = []
+    for path in run.stale:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path.name)
+    run.stale = []
+    if removed and not run.drawing:
+        note(PROG, f"removed the earlier epochs' pictures from {run.out} ({', '.join(removed)}): this run draws none")
 
 
 def _train_epochs(run: _Run, quiet: bool, last: LastEpoch) -> None:
@@ -426,5 +399,5 @@ def _train_epochs(run: _Run, quiet: bool, last: LastEpoch) -> None:
             log=print if speaks else None,
             on_epoch_end=functools.partial(_save_epoch, run, last))
     else:
-        say(quiet, f"the checkpoint already has {len(run.history)} epochs (--epochs {config['epochs']}): "
+        say(quiet, f"the checkpoint already has {plural(len(run.history), 'epoch')} (--epochs {config['epochs']}): "
                    "nothing to train, evaluating")

@@ -32,6 +32,7 @@ Examples
     python scripts/benchmark.py                      # CPU, full run
     python scripts/benchmark.py --quick              # a short run
     python scripts/benchmark.py --device cuda --models lenet5 --batch-sizes 256,1024 --json gpu.json
+    python scripts/benchmark.py --ranks 2 --json ranks.json  # data-parallel scaling (scripts/benchmark_ranks.py)
 """
 
 from __future__ import annotations
@@ -80,6 +81,14 @@ def parse_args(argv=None):
     p.add_argument("--count-ops", action="store_true",
                    help="count the array operations, host-to-device copies and reads of one training step of "
                         "each preset (the GPU's cost model, measured on array_api_strict) instead of timing")
+    p.add_argument("--ranks", type=int, default=None, metavar="N",
+                   help="instead: data-parallel training speed of cnnxp on N MPI processes against one process "
+                        "(1 and N threads) and PyTorch (N threads, DDP on N processes): scripts/benchmark_ranks.py")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="with --ranks: launches of every configuration, in alternating order (default 2)")
+    p.add_argument("--epoch", action="store_true",
+                   help="with --ranks: also one Fashion-MNIST LeNet-5 epoch of train.py (N processes and one) "
+                        "against a PyTorch loop")
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -102,7 +111,40 @@ def parse_args(argv=None):
             p.error(f"--json {args.json!r}: cannot write into {folder!r}")
     if args.quick:
         args.rounds, args.warmup, args.round_seconds, args.loop_images, args.pause = 3, 1, 0.2, 100, 0.1
+    _check_ranks(args)
     return args
+
+
+def _check_ranks(args) -> None:
+    """The flags of a ``--ranks`` run (scripts/benchmark_ranks.py): one line and status 2 when they do not fit."""
+    problem = None
+    if args.ranks is None:
+        extra = [flag for flag, given in (("--epoch", args.epoch), ("--repeats", args.repeats is not None)) if given]
+        problem = f"{' and '.join(extra)} go{'es' if len(extra) == 1 else ''} with --ranks N" if extra else None
+    else:
+        clash = [flag for flag, given in (("--device", args.device.strip().lower() != "cpu"),
+                                          ("--threads", args.threads is not None), ("--profile", args.profile),
+                                          ("--compare-cpu", args.compare_cpu), ("--count-ops", args.count_ops)) if given]
+        args.repeats = 2 if args.repeats is None else args.repeats
+        problem = (f"--ranks times the CPU with thread counts of its own: leave out {', '.join(clash)}" if clash
+                   else load_ranks().check(args))
+    if problem:
+        print(f"benchmark.py: error: {problem}", file=sys.stderr)
+        sys.exit(2)
+
+
+_RANKS = {}
+
+
+def load_ranks():
+    """scripts/benchmark_ranks.py, loaded by its file path (scripts/ is off sys.path: see above)."""
+    if "module" not in _RANKS:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("benchmark_ranks", os.path.join(_HERE, "benchmark_ranks.py"))
+        _RANKS["module"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(_RANKS["module"])
+    return _RANKS["module"]
 
 
 ARGS = parse_args()
@@ -548,9 +590,7 @@ def fmt_rate(s: dict | None) -> str:
 def fmt_mem(m: dict | None) -> str:
     if not m:
         return "-"
-    if "peak_rss_mb" in m:
-        return f"{m['peak_rss_mb']:.0f}/+{m['step_rise_mb']:.0f}"
-    return f"{m['peak_device_mb']:.0f}"
+    return f"{m['peak_rss_mb'] if 'peak_rss_mb' in m else m['peak_device_mb']:.0f}"
 
 
 def count_ops(args) -> int:
@@ -612,8 +652,8 @@ def main(args) -> int:
     if not args.no_loop and "seed" in args.models.split(","):
         loop = {"train": summary(time_loop(args.loop_images, train=True)),
                 "infer": summary(time_loop(args.loop_images, train=False))}
-        print(f"per-image loop version (seed network, {args.loop_images} images): "
-              f"train {fmt_rate(loop['train'])} img/s, infer {fmt_rate(loop['infer'])} img/s")
+        progress(f"per-image loop version (seed network, {args.loop_images} images): "
+                 f"train {fmt_rate(loop['train'])} img/s, infer {fmt_rate(loop['infer'])} img/s")
     workers = {"cnnxp": Worker("cnnxp", args.device, args.threads)}
     if use_torch:
         workers["torch"] = Worker("torch", args.device, args.threads)
@@ -672,29 +712,41 @@ def measure(workers, model_name, batch, mode, loop, args) -> dict:
         row["memory_cnnxp"] = measure_memory("cnnxp", model_name, batch, mode, args.device, args.threads)
         if "torch" in workers:
             row["memory_torch"] = measure_memory("torch", model_name, batch, mode, args.device, args.threads)
-    print(f"  {model_name} b{batch} {mode}: cnnxp {fmt_rate(row['cnnxp'])}"
-          + (f", torch {fmt_rate(row['torch'])}, x{row['ratio_torch']:.2f}" if "torch" in row else ""),
-          flush=True)
+    progress(f"  {model_name} b{batch} {mode}: cnnxp {fmt_rate(row['cnnxp'])}"
+             + (f", torch {fmt_rate(row['torch'])}, {fmt_ratio(row['ratio_torch'])}" if "torch" in row else ""))
     return row
 
 
+def progress(line: str) -> None:
+    """A line of progress while the table is measured: on stderr, so stdout holds one table."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def fmt_ratio(ratio: float) -> str:
+    """Every ratio of the table alike: ``1.21x``, ``595.43x``."""
+    return f"{ratio:.2f}x"
+
+
 def print_table(rows, meta) -> None:
-    mem_unit = "peak RSS/step rise MB" if meta["device"] == "cpu" else "peak device MB"
-    head = ["model", "batch", "mode", "cnnxp img/s", "torch img/s", "vs torch"]
+    memory = "peak memory, MB" if meta["device"] == "cpu" else "peak GPU memory, MB"
+    head = ["model", "batch", "mode", "cnnxp img/s", "PyTorch img/s", "cnnxp vs PyTorch"]
     if any("cnnxp_cpu" in r for r in rows):
-        head += ["cnnxp CPU img/s", "vs CPU"]
+        head += ["cnnxp on CPU img/s", "vs CPU"]
     if any("loop" in r for r in rows):
-        head += ["loop img/s", "vs loop"]
-    head += [f"cnnxp {mem_unit}", f"torch {mem_unit}"]
+        head += ["per-image loop img/s", "vs loop"]
+    measured_memory = any("memory_cnnxp" in r for r in rows)
+    if measured_memory:
+        head += [f"cnnxp {memory}", f"PyTorch {memory}"]
     table = [head]
     for r in rows:
         line = [r["model"], str(r["batch"]), r["mode"], fmt_rate(r["cnnxp"]), fmt_rate(r.get("torch")),
-                f"{r['ratio_torch']:.2f}x" if "ratio_torch" in r else "-"]
-        if "cnnxp CPU img/s" in head:
-            line += [fmt_rate(r.get("cnnxp_cpu")), f"{r['ratio_cpu']:.1f}x" if "ratio_cpu" in r else "-"]
-        if "loop img/s" in head:
-            line += [fmt_rate(r.get("loop")), f"{r['ratio_loop']:.0f}x" if "ratio_loop" in r else "-"]
-        line += [fmt_mem(r.get("memory_cnnxp")), fmt_mem(r.get("memory_torch"))]
+                fmt_ratio(r["ratio_torch"]) if "ratio_torch" in r else "-"]
+        if "cnnxp on CPU img/s" in head:
+            line += [fmt_rate(r.get("cnnxp_cpu")), fmt_ratio(r["ratio_cpu"]) if "ratio_cpu" in r else "-"]
+        if "per-image loop img/s" in head:
+            line += [fmt_rate(r.get("loop")), fmt_ratio(r["ratio_loop"]) if "ratio_loop" in r else "-"]
+        if measured_memory:
+            line += [fmt_mem(r.get("memory_cnnxp")), fmt_mem(r.get("memory_torch"))]
         table.append(line)
     widths = [max(len(t[c]) for t in table) for c in range(len(head))]
     print()
@@ -708,6 +760,8 @@ def print_table(rows, meta) -> None:
 
 
 if __name__ == "__main__":
+    if ARGS.ranks is not None:  # the data-parallel benchmark: scripts/benchmark_ranks.py
+        sys.exit(load_ranks().main(ARGS))
     try:
         sys.exit(main(ARGS))
     except RuntimeError as exc:  # a worker failed: its traceback, if any, is above

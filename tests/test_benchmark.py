@@ -35,7 +35,11 @@ def test_workers_time_both_libraries_and_the_json_holds_every_round(tmp_path):
         assert r["ratio_torch"] == pytest.approx(r["cnnxp"]["median"] / r["torch"]["median"])
     table = done.stdout.split("load average")[-1]
     assert re.search(r"^seed\s+8\s+train\s", table, re.M) and re.search(r"^seed\s+8\s+infer\s", table, re.M)
-    assert "vs torch" in table
+    head = table.splitlines()[1]
+    assert re.split(r"\s{2,}", head.strip()) == ["model", "batch", "mode", "cnnxp img/s", "PyTorch img/s",
+                                                  "cnnxp vs PyTorch"]
+    assert re.search(r"^seed\s+8\s+train\s.*\s\d+\.\d\dx$", table, re.M)  # every ratio as 1.23x
+    assert "seed b8 train: cnnxp" in done.stderr and "b8" not in done.stdout  # progress apart from the one table
 
 
 @pytest.mark.parametrize("args, message", [

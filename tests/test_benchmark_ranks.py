@@ -1,0 +1,97 @@
+"""scripts/benchmark.py --ranks N (scripts/benchmark_ranks.py): every configuration timed, the JSON and table, its errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "benchmark.py"
+MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
+HAVE_MPI = MPIEXEC is not None and importlib.util.find_spec("mpi4py") is not None
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
+
+
+def _env() -> dict:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_", "PMIX_", "MPI_LOCAL"))}
+
+
+def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
+                          env=_env(), cwd=ROOT)
+
+
+def _expected() -> list[str]:
+    names = ["cnnxp-1t", "cnnxp-Nt"]
+    if HAVE_MPI:
+        names.append("cnnxp-mpi")
+    if HAVE_TORCH:
+        import torch.distributed as dist
+
+        names += ["torch-Nt"] + (["torch-ddp"] if dist.is_available() and dist.is_gloo_available() else [])
+    return names
+
+
+def test_every_configuration_is_timed_and_the_json_holds_every_round(tmp_path):
+    out = tmp_path / "ranks.json"
+    done = _run("--ranks", "2", "--models", "seed", "--batch-sizes", "8", "--rounds", "1", "--round-seconds", "0.05",
+                "--repeats", "1", "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    data = json.loads(out.read_text())
+    assert set(data) == {"meta", "results", "launches", "failures", "epoch"}
+    assert data["failures"] == [] and data["epoch"] is None and data["meta"]["ranks"] == 2
+    expected = _expected()
+    rows = {r["config"]: r for r in data["results"]}
+    assert sorted(rows) == sorted(expected)
+    for r in rows.values():
+        assert (r["model"], r["batch"]) == ("seed", 8)
+        assert len(r["rounds"]) == 1 and all(rate > 0 for rate in r["rounds"])
+        assert 0 < r["min"] <= r["median"] <= r["max"]
+        assert r["speedup"] == pytest.approx(r["median"] / rows["cnnxp-1t"]["median"])
+        assert (r["efficiency"] is None) == (r["processes"] == 1)
+        if "torch-Nt" in rows:
+            assert r["ratio_torch"] == pytest.approx(r["median"] / rows["torch-Nt"]["median"])
+    assert rows["cnnxp-1t"]["threads"] == 1 and rows["cnnxp-Nt"]["threads"] == 2
+    launches = {launch["config"]: launch for launch in data["launches"]}
+    assert sorted(launches) == sorted(expected)
+    assert launches["cnnxp-1t"]["threads_seen"]["pools"].get("openblas", 1) == 1
+    for launch in launches.values():
+        (cell,) = launch["cells"]
+        assert cell["steps"] >= 1 and len(cell["rates"]) == 1
+    table = done.stdout.split("load average")[-1]
+    for name in expected:
+        label = data["meta"]["configurations"][name]["label"]
+        assert re.search(rf"^seed\s+8\s+{re.escape(label)}\s", table, re.M), (label, table)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--ranks", "0"), "--ranks takes an integer >= 1, got 0"),
+    (("--ranks", "2", "--batch-sizes", "64,63"),
+     "--batch-sizes 63 cannot be split evenly among --ranks 2 processes: give multiples of 2"),
+    (("--ranks", "2", "--repeats", "0"), "--repeats takes an integer >= 1, got 0"),
+    (("--ranks", "2", "--threads", "1"), "--ranks times the CPU with thread counts of its own: leave out --threads"),
+    (("--epoch",), "--epoch goes with --ranks N"),
+    (("--repeats", "3", "--epoch"), "--epoch and --repeats go with --ranks N"),
+])
+def test_bad_flags_exit_2_with_one_line(args, message):
+    done = _run(*args, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"benchmark.py: error: {message}"]
+
+
+def test_the_file_runs_on_its_own_and_refuses_in_one_line():
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark_ranks.py"), "--ranks", "3"],
+                          capture_output=True, text=True, timeout=60, env=_env(), cwd=ROOT)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "benchmark_ranks.py: error: --batch-sizes 64,256 cannot be split evenly among --ranks 3 processes: "
+        "give multiples of 3"]

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 
 import cnnxp
-from cnnxp.data import DataLoader, RandomAffine, RandomShift, parse_augment
+from cnnxp.data import Compose, DataLoader, RandomAffine, RandomFlip, RandomShift, parse_augment
 from cnnxp.data.augment import AFFINE_DEFAULTS
 
-FORMS = "expected none, N or shift:N (whole-pixel shifts), affine or affine:DEGREES,PIXELS,SCALE"
+FORMS = ("expected none, N or shift:N (whole-pixel shifts), affine or affine:DEGREES,PIXELS,SCALE, flip, "
+         "or several joined by + (shift:2+flip)")
 
 
 class FixedDraws:
@@ -277,6 +278,53 @@ def test_shift_spec_and_repr():
     assert RandomShift(np.int64(3)).spec() == "shift:3" and repr(RandomShift(3)) == "RandomShift(3)"
 
 
+# --- RandomFlip and Compose ---------------------------------------------------------------------
+
+
+def test_flip_mirrors_exactly_the_drawn_images(backend):
+    images = pixels(n=6)
+    flip = RandomFlip()
+    draws = flip.draw(np.random.default_rng(3), 6)
+    assert draws.shape == (6, 1) and set(draws[:, 0]) == {0, 1}  # this seed mirrors some, not all
+    out = flip.apply(backend.asarray(images), draws)
+    backend.assert_on_backend(out)
+    expected = np.where(draws[:, 0, None, None, None] == 1, images[..., ::-1], images)
+    np.testing.assert_array_equal(host(out), expected)
+    mirrored = flip(backend.asarray(images), np.random.default_rng(3))  # call = apply(draw)
+    np.testing.assert_array_equal(host(mirrored), expected)
+
+
+def test_flip_mirrors_about_half_of_many_images():
+    draws = RandomFlip().draw(np.random.default_rng(0), 10_000)
+    assert 4_800 < int(draws.sum()) < 5_200
+
+
+def test_compose_applies_in_order_with_each_transforms_own_draws(backend):
+    images = pixels(n=5)
+    shift, flip = RandomShift(2), RandomFlip()
+    both = Compose(shift, flip)
+    draws = both.draw(np.random.default_rng(9), 5)
+    rng = np.random.default_rng(9)  # the same numbers, drawn transform by transform
+    by_hand = flip.apply(shift.apply(images, shift.draw(rng, 5)), flip.draw(rng, 5))
+    assert draws.shape == (5, shift.draws + flip.draws)
+    np.testing.assert_array_equal(host(both.apply(backend.asarray(images), draws)), by_hand)
+    # a data-parallel loader hands each process its rows of the draws: rows apply alone alike
+    part = both.apply(backend.asarray(images[2:4]), draws[2:4])
+    np.testing.assert_array_equal(host(part), by_hand[2:4])
+
+
+def test_compose_spec_round_trips_and_refuses_what_cannot_draw():
+    t = parse_augment("Shift:2 + FLIP")
+    assert type(t) is Compose and t.spec() == "shift:2+flip" and repr(t) == "Compose(RandomShift(2), RandomFlip())"
+    assert parse_augment(t.spec()).spec() == "shift:2+flip"
+    assert type(parse_augment("flip")) is RandomFlip and parse_augment("none+flip").spec() == "flip"
+    assert parse_augment("affine:5,1,0.1+flip").spec() == "affine:5,1,0.1+flip"
+    with pytest.raises(TypeError, match=r"^Compose takes one or more transforms with draw, apply and draws"):
+        Compose(lambda images, rng: images)
+    with pytest.raises(TypeError, match=r"^Compose takes one or more transforms"):
+        Compose()
+
+
 # --- parse_augment -------------------------------------------------------------------------------
 
 
@@ -317,7 +365,7 @@ def test_affine_default_spec_is_the_documented_recipe():
 
 @pytest.mark.parametrize("text", [
     "bogus", "", "shift", "shift:", "shift:-1", "-1", "1.5", "shift:1.5", "affine:", "affine:1,2",
-    "affine:1,2,0.1,4", "affine1,2,0.1", "rotate:10",
+    "affine:1,2,0.1,4", "affine1,2,0.1", "rotate:10", "flips", "shift:2+", "+flip", "shift:2+blur",
 ])  # fmt: skip
 def test_parse_augment_rejects_other_forms(text):
     shown = str(text).strip().lower()

@@ -112,13 +112,22 @@ def test_offline_fallback_to_the_bundled_sample(tmp_path, monkeypatch, capsys):
 
 
 def test_explicit_dataset_that_cannot_be_had_is_an_error(tmp_path, monkeypatch, capsys):
+    """One line in all: the downloader's lines (each URL tried, each failure) are kept back, and the first
+    failure's reason is in the error (evaluate.py and inspect.py load their split alike)."""
     _offline(monkeypatch, tmp_path)
-    status = cli.train_main(["--dataset", "mnist", "--out", str(tmp_path / "run"), "--quiet"])
+    status = cli.train_main(["--dataset", "mnist", "--model", "seed", "--epochs", "1", "--out",
+                             str(tmp_path / "run"), "--quiet"])
     err = capsys.readouterr().err
     assert status == 2
-    last = err.strip().splitlines()[-1]  # the lines before it are the failed downloads
-    assert last.startswith("train.py: error: dataset 'mnist' is not available")
-    assert not (tmp_path / "run" / "checkpoint.npz").exists()
+    assert err.splitlines() == [
+        "train.py: error: dataset 'mnist' is not available (mnist train split not found: looked for "
+        "train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz]; not downloadable: [Errno 111] Connection "
+        "refused): pass --data-dir DIR with its IDX files, set CNNXP_DATA, or use --dataset mnist-sample"]
+    assert not (tmp_path / "run").exists()
+    assert cli.inspect_main(["--dataset", "mnist", "--out", str(tmp_path / "maps")]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("inspect.py: error: dataset 'mnist' is not available (mnist "
+                                                   "test split not found"), lines
 
 
 def test_ctrl_c_saves_the_last_finished_epoch(tmp_path):
@@ -182,6 +191,11 @@ def test_evaluate_and_inspect_take_the_checkpoint_alike(tmp_path, one_epoch, cap
                          r"predicted \d \(\d+\.\d%\)$", printed, re.M), printed
         assert "per-layer time on cpu, batch of 64, median of 1 run (" in printed
     for main, prog in ((cli.evaluate_main, "evaluate.py"), (cli.inspect_main, "inspect.py")):
+        # the same checkpoint given both ways (its run folder stands for it) is one checkpoint
+        extra = ["--out", str(tmp_path), "--repeats", "1"] if prog == "inspect.py" else []
+        assert main([str(out), "--checkpoint", str(ckpt), *extra]) == 0, capsys.readouterr().err
+        assert main([str(ckpt), "--checkpoint", f"{out}/./checkpoint.npz", *extra]) == 0, capsys.readouterr().err
+        capsys.readouterr()
         assert main([str(ckpt), "--checkpoint", str(tmp_path / "other.npz")]) == 2
         assert capsys.readouterr().err.strip() == (f"{prog}: error: two checkpoints given ({str(ckpt)!r} and "
                                                    f"--checkpoint {str(tmp_path / 'other.npz')!r}): pass one")
@@ -199,6 +213,10 @@ def test_help_shows_every_default(parser):
         assert "default: " in (action.help or "") or "(needed: " in (action.help or ""), (action.dest, action.help)
     recipe = [a.dest for a in actions if "default: the recipe of --model and --dataset, see --show-recipe" in a.help]
     assert recipe == ([*SETTINGS] if parser is cli.train_parser else [])
+    if parser is cli.train_parser:  # a resumed run's model and dataset are its checkpoint's
+        helps = {a.dest: a.help for a in actions}
+        assert all(helps[name].endswith("with --resume, the checkpoint's)") for name in ("model", "seed")), helps
+        assert helps["dataset"].endswith("; with --resume, the checkpoint's"), helps["dataset"]
 
 
 @pytest.mark.parametrize(("args", "flag"), [
@@ -227,7 +245,7 @@ def test_augment_messages_name_the_accepted_forms(capsys):
     assert cli.train_main(["--augment", "bogus"]) == 2
     assert capsys.readouterr().err.strip() == (
         "train.py: error: argument --augment: 'bogus': expected none, N or shift:N (whole-pixel shifts), "
-        "affine or affine:DEGREES,PIXELS,SCALE")
+        "affine or affine:DEGREES,PIXELS,SCALE, flip, or several joined by + (shift:2+flip)")
     assert cli.train_main(["--label-smoothing", "1"]) == 2
     assert capsys.readouterr().err.strip() == "train.py: error: argument --label-smoothing: must be in [0, 1), got 1"
 
@@ -454,6 +472,49 @@ def test_the_resume_hint_carries_the_flags_a_checkpoint_does_not_hold(tmp_path):
     args = train_cli.train_parser().parse_args(["--data-dir", "/data/my mnist"])
     hint = runs.resume_hint(args, get_device("cpu"), tmp_path / "checkpoint.npz")
     assert hint == f"python scripts/train.py --resume {tmp_path / 'checkpoint.npz'} --data-dir '/data/my mnist'"
+    args = train_cli.train_parser().parse_args(["--data-dir", "/data", "--trust-data"])
+    hint = runs.resume_hint(args, get_device("cpu"), tmp_path / "checkpoint.npz")
+    assert hint == f"python scripts/train.py --resume {tmp_path / 'checkpoint.npz'} --data-dir /data --trust-data"
+
+
+def test_ctrl_c_hint_of_a_run_with_trust_data(tmp_path, monkeypatch, capsys):
+    """The hint after Ctrl-C is a command that works: it keeps --trust-data (the checkpoint does not hold it)."""
+    real_save = train_cli._save_epoch
+
+    def save_then_interrupt(*args):
+        real_save(*args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_cli, "_save_epoch", save_then_interrupt)
+    out = tmp_path / "run"
+    assert cli.train_main(["--dataset", "mnist-sample", "--model", "seed", "--epochs", "3", "--out", str(out),
+                           "--quiet", "--no-plots", "--trust-data", "--data-dir", str(tmp_path)]) == 130
+    assert capsys.readouterr().err.splitlines() == [
+        f"train.py: interrupted: the checkpoint of epoch 1 is {out / 'checkpoint.npz'}; continue with: python "
+        f"scripts/train.py --resume {out / 'checkpoint.npz'} --data-dir {tmp_path} --trust-data"]
+
+
+def test_a_resume_with_no_plots_removes_the_feature_maps_inspect_drew(tmp_path, one_epoch, capsys):
+    """inspect.py's feature_maps_<index>.png in a run folder are pictures of the old weights: they go with
+    the run's own once a newer epoch is there; files that do not match feature_maps_*.png stay."""
+    out = tmp_path / "run"
+    out.mkdir()
+    for file in one_epoch[0].iterdir():
+        if file.is_file():
+            (out / file.name).write_bytes(file.read_bytes())
+    assert cli.inspect_main([str(out), "--index", "3", "--repeats", "1"]) == 0
+    (out / "feature_maps_12.png").write_bytes(b"png")
+    kept = [out / "feature_maps_notes.txt", out / "my_feature_maps_3.png"]
+    for path in kept:
+        path.write_text("mine")
+    (out / "feature_maps_7.png").mkdir()  # a folder, not a picture: left alone
+    assert (out / "feature_maps_3.png").is_file()
+    capsys.readouterr()
+    assert cli.train_main(["--resume", str(out), "--epochs", "2", "--quiet", "--no-plots"]) == 0
+    assert not (out / "feature_maps_3.png").exists() and not (out / "feature_maps_12.png").exists()
+    assert all(path.is_file() for path in kept) and (out / "feature_maps_7.png").is_dir()
+    assert (f"train.py: removed the earlier epochs' pictures from {out} (feature_maps_12.png, "
+            "feature_maps_3.png): this run draws none") in capsys.readouterr().err
 
 
 @pytest.mark.skipif(cuda_available(), reason="needs a machine without a usable GPU")

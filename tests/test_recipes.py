@@ -7,6 +7,7 @@ import functools
 import http.server
 import json
 import re
+import shlex
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -219,7 +220,8 @@ def _meta(path: Path) -> tuple[dict, dict]:
 def test_a_run_records_its_recipe_and_a_resumed_run_keeps_it(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     assert cli.train_main(["--dataset", "mnist-sample", "--model", "seed", "--epochs", "1", "--lr", "0.03",
-                           "--out", str(out), "--no-plots"]) == 0
+                           "--out", str(out), "--no-plots", "--data-dir", str(tmp_path / "my data"),
+                           "--trust-data"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].startswith("recipe seed on mnist-sample with --lr, --epochs: sgd lr 0.03 (")
     assert f", 1 epoch, seed 0; writing to {out}" in lines[1]
@@ -231,9 +233,12 @@ def test_a_run_records_its_recipe_and_a_resumed_run_keeps_it(tmp_path, monkeypat
     assert config["recipe"] == "seed on mnist-sample" and config["dataset"] == "mnist-sample"
     assert config["sources"] == dict.fromkeys(SETTINGS, "recipe") | {"lr": "flag", "epochs": "flag"}
     assert load_checkpoint(out / "checkpoint.npz").config == config
-    # the command in metrics.json gives every setting, so it repeats the run whatever the recipe becomes
-    words = metrics["command"].split()
+    # the command in metrics.json gives every setting, so it repeats the run whatever the recipe becomes, and
+    # the flags a checkpoint does not hold, so that it runs where this one did
+    assert metrics["commands"] == [metrics["command"]] == config["commands"]
+    words = shlex.split(metrics["command"])
     assert words[:2] == ["python", "scripts/train.py"]
+    assert words[-3:] == ["--data-dir", str(tmp_path / "my data"), "--trust-data"]
     again = cli_config.new_config(train_parser().parse_args(words[2:]), "mnist-sample")
     assert {k: again[k] for k in ("dataset", "model", "seed", *SETTINGS)} == {
         k: config[k] for k in ("dataset", "model", "seed", *SETTINGS)}
@@ -242,7 +247,8 @@ def test_a_run_records_its_recipe_and_a_resumed_run_keeps_it(tmp_path, monkeypat
     monkeypatch.setitem(RECIPES, SEED_SAMPLE, replace(RECIPES[SEED_SAMPLE], batch_size=7, momentum=0.5))
     assert cli.train_main(["--resume", str(out), "--epochs", "2", "--quiet", "--no-plots"]) == 0
     resumed = json.loads((out / "metrics.json").read_text())["config"]
-    assert resumed == {**config, "epochs": 2}
+    assert resumed == {**config, "epochs": 2,
+                       "commands": [metrics["command"], f"python scripts/train.py --resume {out} --epochs 2"]}
     assert load_checkpoint(out / "checkpoint.npz").config == resumed
     capsys.readouterr()
     assert cli.train_main(["--resume", str(out), "--show-recipe"]) == 0
@@ -250,6 +256,144 @@ def test_a_run_records_its_recipe_and_a_resumed_run_keeps_it(tmp_path, monkeypat
     assert rows["recipe"] == ("seed on mnist-sample", f"checkpoint {out / 'checkpoint.npz'}, epoch 2")
     assert rows["batch_size"] == (str(recipe["batch_size"]), "recipe seed on mnist-sample")
     assert rows["lr"] == ("0.03", "--lr") and rows["model"] == ("seed", "checkpoint")
+
+
+def _offline(monkeypatch, tmp_path):
+    """No full MNIST anywhere, and no mirror answers: a run without --dataset takes the sample."""
+    for var in ("CNNXP_DATA", "XDG_CACHE_HOME", "HOME"):
+        monkeypatch.setenv(var, str(tmp_path / "nowhere"))
+    monkeypatch.setitem(datasets.DATASETS["mnist"], "mirrors", ["http://127.0.0.1:9/"])
+
+
+def test_the_commands_of_an_extended_cosine_run_repeat_it(tmp_path, monkeypatch, capsys):
+    """A cosine schedule ends at --epochs, so 1 epoch resumed to 2 is not 2 straight: the resumed run says
+    so in one note, and metrics.json's commands, run one after the other, give the same weights."""
+    flags = ["--dataset", "mnist-sample", "--model", "seed", "--seed", "5", "--quiet", "--no-plots"]
+    out = tmp_path / "run"
+    assert cli.train_main([*flags, "--epochs", "1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert cli.train_main(["--resume", str(out), "--epochs", "2", "--no-plots"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2:4] == [f"resuming from {out / 'checkpoint.npz'} after epoch 1",
+                          "note: the cosine learning rate schedule now ends at epoch 2 instead of 1, so the rate rises "
+                          "again: not the same as one run of 2 epochs (metrics.json's commands repeat it)"]
+    assert cli.train_main(["--resume", str(out), "--epochs", "3", "--show-recipe"]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "train.py: note: the cosine learning rate schedule now ends at epoch 3 instead of 2, so the rate rises "
+        "again: not the same as one run of 3 epochs (metrics.json's commands repeat it)"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    first, extension = metrics["commands"]
+    assert first == metrics["command"] and " --epochs 1 " in first
+    assert extension == f"python scripts/train.py --resume {out} --epochs 2"
+    # a resume that does not change --epochs adds nothing, and says nothing of the schedule
+    assert cli.train_main(["--resume", str(out), "--no-plots"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["commands"] == [first, extension]
+    assert "note:" not in capsys.readouterr().out
+
+    again = tmp_path / "again"
+    again.mkdir()
+    monkeypatch.chdir(again)
+    quiet = ["--quiet", "--no-plots"]  # what is shown and drawn, not what is trained
+    assert cli.train_main([*shlex.split(first)[2:], *quiet]) == 0
+    (folder,) = (again / "runs").iterdir()
+    words = shlex.split(extension)[2:]
+    words[words.index("--resume") + 1] = str(folder)  # the folder the first command wrote this time
+    assert cli.train_main([*words, *quiet]) == 0
+    assert cli.train_main([*flags, "--epochs", "2", "--out", str(tmp_path / "straight")]) == 0
+    repeated, original = _meta(folder / "checkpoint.npz")[0], _meta(out / "checkpoint.npz")[0]
+    straight = _meta(tmp_path / "straight" / "checkpoint.npz")[0]
+    keys = [k for k in original if k.startswith("model/")]
+    assert keys
+    for k in keys:
+        np.testing.assert_array_equal(repeated[k], original[k], err_msg=k)
+    assert any(not np.allclose(straight[k], original[k]) for k in keys)  # why the commands are needed
+
+
+def test_the_commands_carry_where_the_data_is_and_what_ran_it(tmp_path):
+    """--data-dir, --trust-data when given and --device when not the CPU: a checkpoint holds none of them."""
+    args = train_parser().parse_args(["--model", "seed", "--data-dir", "/data/my mnist", "--trust-data"])
+    config = cli_config.new_config(args, "mnist")
+    cli_config.with_commands(config, None, args, "cuda:0")
+    (command,) = config["commands"]
+    assert command.endswith(" --data-dir '/data/my mnist' --trust-data --device cuda:0")
+    assert cli_config.new_config(train_parser().parse_args(shlex.split(command)[2:]), "mnist") == {
+        k: v for k, v in config.items() if k != "commands"} | {"sources": dict.fromkeys(SETTINGS, "flag")}
+
+
+def test_a_resume_below_the_epochs_done_is_refused(tmp_path, capsys):
+    """--epochs below the epochs done would leave metrics.json and the checkpoint disagreeing: one line,
+    status 2, for a run and for --show-recipe alike; nothing changes."""
+    out = tmp_path / "run"
+    assert cli.train_main(["--dataset", "mnist-sample", "--model", "seed", "--epochs", "2", "--out", str(out),
+                           "--quiet", "--no-plots"]) == 0
+    before = {name: (out / name).read_bytes() for name in ("checkpoint.npz", "metrics.json")}
+    capsys.readouterr()
+    for extra in ([], ["--show-recipe"]):
+        assert cli.train_main(["--resume", str(out), "--epochs", "1", "--quiet", "--no-plots", *extra]) == 2
+        assert capsys.readouterr().err.splitlines() == [
+            "train.py: error: --epochs 1 is below the 2 epochs the checkpoint has done: give --epochs 3 or more to "
+            "train on, or evaluate it with evaluate.py"]
+    assert {name: (out / name).read_bytes() for name in before} == before
+
+
+def test_a_resume_at_the_epochs_done_evaluates_and_the_files_agree(tmp_path, capsys):
+    """--epochs equal to the epochs done trains nothing: the checkpoint is rewritten only when its
+    configuration is not the run's (a run that was to go on longer), and the last line says which."""
+    out = tmp_path / "run"
+    assert cli.train_main(["--dataset", "mnist-sample", "--model", "seed", "--epochs", "2", "--out", str(out),
+                           "--quiet", "--no-plots"]) == 0
+    before = (out / "checkpoint.npz").read_bytes()
+    capsys.readouterr()
+    assert cli.train_main(["--resume", str(out), "--epochs", "2", "--quiet", "--no-plots"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote {out}/: metrics.json, history.json"
+    assert (out / "checkpoint.npz").read_bytes() == before
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"] == load_checkpoint(out / "checkpoint.npz").config and metrics["epochs"] == 2
+
+    arrays, meta = _meta(out / "checkpoint.npz")  # as if it had been stopped after 2 of 5 epochs
+    meta["config"]["epochs"] = 5
+    arrays["meta"] = np.asarray(json.dumps(meta))
+    np.savez(out / "checkpoint.npz", **arrays)
+    assert cli.train_main(["--resume", str(out), "--epochs", "2", "--quiet", "--no-plots"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote {out}/: checkpoint.npz, metrics.json, history.json"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"] == load_checkpoint(out / "checkpoint.npz").config
+    assert metrics["config"]["epochs"] == 2 and metrics["epochs"] == 2
+
+
+def test_a_flag_without_effect_is_noted(tmp_path, monkeypatch, capsys):
+    """--gamma with another schedule than exponential, --momentum with Adam: one note each, not an error."""
+    monkeypatch.chdir(tmp_path)
+    common = ["--dataset", "mnist-sample", "--model", "seed"]
+    assert cli.train_main([*common, "--gamma", "0.5", "--show-recipe"]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "train.py: note: --gamma 0.5 has no effect: it is the decay of the exponential schedule, and this run's "
+        "is cosine"]
+    assert cli.train_main([*common, "--optimizer", "adam", "--momentum", "0.8", "--show-recipe"]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "train.py: note: --momentum 0.8 has no effect: it is SGD's, and this run's optimizer is adam"]
+    assert cli.train_main([*common, "--schedule", "exponential", "--gamma", "0.5", "--momentum", "0.8",
+                           "--show-recipe"]) == 0
+    assert capsys.readouterr().err == ""
+    assert cli.train_main([*common, "--epochs", "1", "--gamma", "0.5", "--schedule", "constant", "--quiet",
+                           "--no-plots", "--out", str(tmp_path / "run")]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "train.py: note: --gamma 0.5 has no effect: it is the decay of the exponential schedule, and this run's "
+        "is constant"]
+
+
+def test_the_docs_show_what_train_py_prints(tmp_path, monkeypatch, capsys):
+    """docs/training.md's --show-recipe example is its output, and the run's second line it quotes is
+    the run's (`config.describe`)."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    command = "$ python scripts/train.py --model seed --epochs 3 --show-recipe\n"
+    shown = text[text.index(command) + len(command):].split("```")[0]
+    _offline(monkeypatch, tmp_path)
+    assert cli.train_main(shlex.split(command[2:])[2:]) == 0
+    assert shown == capsys.readouterr().out
+    quoted = " ".join(re.search(r"in its second line \(`(.*?)`\)", text, re.S)[1].split())
+    config = cli_config.new_config(train_parser().parse_args(["--model", "seed", "--epochs", "3"]), "mnist-sample")
+    assert quoted.startswith(cli_config.describe(config) + "; writing to runs/mnist-sample-seed-"), quoted
 
 
 def test_a_checkpoint_from_before_recipes_resumes_with_its_settings(tmp_path, capsys):

@@ -150,14 +150,29 @@ def add_checkpoint_args(p: argparse.ArgumentParser, help: str) -> None:
 
 def checkpoint_arg(args, prog: str, required: bool) -> str | None:
     """The checkpoint given positionally or with ``--checkpoint``; UsageError for two different ones, or none
-    where one is ``required``."""
+    where one is ``required``. The same checkpoint given both ways (a run folder and its checkpoint.npz, say)
+    is one checkpoint (`_checkpoint_file`)."""
     given = [path for path in (args.checkpoint, args.checkpoint_flag) if path is not None]
-    if len(given) == 2 and given[0] != given[1]:
+    if len(given) == 2 and _checkpoint_file(given[0]) != _checkpoint_file(given[1]):
         raise UsageError(f"two checkpoints given ({given[0]!r} and --checkpoint {given[1]!r}): pass one")
     if not given and required:
         raise UsageError(f"expected a checkpoint: {prog} CHECKPOINT (a checkpoint.npz written by train.py, or the "
                          "run folder holding it)")
     return given[0] if given else None
+
+
+def _checkpoint_file(path: str) -> Path:
+    """The checkpoint file ``path`` names, resolved: a run folder stands for the checkpoint.npz in it."""
+    file = Path(path) / "checkpoint.npz" if os.path.isdir(path) else Path(path)
+    return file.resolve()
+
+
+def place_words(data_dir: str | None, trust_data: bool, device_name: str) -> list[str]:
+    """The flags of a command that say where the data is and what runs it (no checkpoint holds them):
+    ``--data-dir`` and ``--trust-data`` when they were given, ``--device`` when it is not the CPU."""
+    words = ["--data-dir", data_dir] if data_dir else []
+    words += ["--trust-data"] if trust_data else []
+    return words + (["--device", device_name] if device_name != "cpu" else [])
 
 
 class Parser(argparse.ArgumentParser):
@@ -229,6 +244,8 @@ CONFIG_RULES = {
     "sources": (lambda v: isinstance(v, dict) and all(isinstance(s, str) for s in v.values()),
                 "an object naming where each setting came from"),
     "seed": (lambda v: _is_int(v) and 0 <= v < SEED_LIMIT, "an integer in [0, 2**63)"),
+    "commands": (lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(c, str) for c in v),
+                 "a list of the commands that repeat the run"),
 }
 
 

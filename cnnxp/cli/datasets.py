@@ -15,20 +15,26 @@ import numpy as np  # host side: dataset arrays
 
 from ..data import DatasetNotFoundError, load_dataset
 from ..data.datasets import DATASETS, SPLIT_FILES, DatasetMismatchError, UnverifiedDataWarning, search_dirs
-from .common import UsageError, is_silent, note, one_line
+from .common import UsageError, is_silent, note, one_line, plural
 
 __all__ = ["load_split", "checked_split", "load_data", "mnist_on_disk", "mnist_downloadable", "default_dataset"]
 
 
 def load_split(name: str, data_dir, split: str, trust: bool = False, prog: str = ""):
-    """A named dataset's split, checked (`checked_split`); UsageError for one that cannot be had or used."""
+    """A named dataset's split, checked (`checked_split`); UsageError for one that cannot be had or used.
+
+    The downloader's own lines (each URL tried, each failure) are kept back (`_OneLine.quiet_downloads`):
+    a dataset that cannot be had is one error line, with the first failure's reason in it; one that was
+    downloaded is one note."""
+    line = _OneLine(prog or "cnnxp")
     try:
-        with _data_warnings(prog):
+        with _data_warnings(prog), line.quiet_downloads():
             images, labels = load_dataset(name, split, data_dir=data_dir, trust_data=trust)
     except DatasetNotFoundError as exc:
         first = str(exc).splitlines()[0].removesuffix(" in")
+        why = f"not downloadable: {line.failure}" if line.failure else "not downloadable"
         raise UsageError(
-            f"dataset {name!r} is not available ({first}; not downloadable): pass --data-dir DIR with its IDX "
+            f"dataset {name!r} is not available ({first}; {why}): pass --data-dir DIR with its IDX "
             "files, set CNNXP_DATA, or use --dataset mnist-sample"
         ) from None
     except DatasetMismatchError as exc:
@@ -36,6 +42,8 @@ def load_split(name: str, data_dir, split: str, trust: bool = False, prog: str =
                          "anyway") from None
     except (ValueError, OSError) as exc:
         raise UsageError(f"dataset {name!r} cannot be read: {one_line(exc)}") from None
+    if line.downloaded:
+        note(prog or "cnnxp", f"downloaded the {name} {split} split ({plural(line.downloaded, 'file')})")
     return checked_split(name, split, images, labels)
 
 
@@ -92,10 +100,11 @@ def load_data(name: str | None, data_dir, prog: str, trust: bool = False):
 
 class _OneLine:
     """One note on stderr written in two halves (what is tried, then how it went), with the dataset
-    loader's own lines (each URL tried, each failure) kept back: ``failure`` is the first reason given."""
+    loader's own lines (each URL tried, each failure) kept back: ``failure`` is the first reason given,
+    ``downloaded`` the number of files that came."""
 
     def __init__(self, prog: str):
-        self.prog, self.open, self.failure = prog, False, None
+        self.prog, self.open, self.failure, self.downloaded = prog, False, None, 0
 
     def start(self, text: str) -> None:
         if not is_silent():
@@ -113,14 +122,20 @@ class _OneLine:
 
     @contextlib.contextmanager
     def quiet_downloads(self):
+        """Keep the downloader's lines back for the block; any other line on stderr is passed on after it."""
         kept = io.StringIO()
         try:
             with contextlib.redirect_stderr(kept):
                 yield
         finally:
-            failures = [line.removeprefix("cnnxp: failed: ") for line in kept.getvalue().splitlines()
-                        if line.startswith("cnnxp: failed: ")]
+            lines = kept.getvalue().splitlines()
+            tried = [line for line in lines if line.startswith("cnnxp: downloading ")]
+            failures = [line.removeprefix("cnnxp: failed: ") for line in lines if line.startswith("cnnxp: failed: ")]
             self.failure = failures[0] if failures else None
+            self.downloaded = len(tried) - len(failures)
+            others = [line for line in lines if not line.startswith(("cnnxp: downloading ", "cnnxp: failed: "))]
+            if others:
+                print("\n".join(others), file=sys.stderr, flush=True)
 
 
 def mnist_on_disk(data_dir) -> bool:

@@ -19,8 +19,11 @@ PROG = "train.py"
 
 
 def metrics(run, result: EvalResult, names: list[str]) -> dict[str, Any]:
-    """What ``metrics.json`` holds: the final test result, the training time and speed, the configuration."""
+    """What ``metrics.json`` holds: the final test result, the training time and speed, the configuration,
+    and the commands that repeat the run, run one after the other (``commands``: the first run's, then one
+    per ``--resume`` that changed ``--epochs``; ``command``, the first, as it has always been)."""
     config, rows = run.config, run.history.rows
+    commands = config.get("commands") or [repeat_command(config)]
     (_, y_train), (_, y_test) = run.train_data, run.test_data
     train_seconds = sum(r.get("seconds") or 0.0 for r in rows)
     images = len(y_train) * len(rows)
@@ -41,7 +44,8 @@ def metrics(run, result: EvalResult, names: list[str]) -> dict[str, Any]:
         "train_samples": len(y_train),
         "test_samples": len(y_test),
         "config": config,
-        "command": repeat_command(config),
+        "command": commands[0],
+        "commands": commands,
     }
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from .._files import FolderInUseError, FolderLock, describe_holder, lock_folder, temporary_files
 from ..checkpoint import write_checkpoint
-from .common import UsageError, note, plural
+from .common import UsageError, note, place_words, plural
 
 #: The files only a training run writes into its folder: their temporary files left by a killed
 #: run are removed when the next run takes the folder (`claim_run_folder`) and when a run stops.
@@ -168,12 +168,10 @@ class RunFolder:
 
 
 def resume_hint(args, device, ckpt_path: Path) -> str:
-    """The command that continues this run, with the flags it cannot take from the checkpoint."""
-    words = ["python", "scripts/train.py", "--resume", str(ckpt_path)]
-    if args.data_dir:
-        words += ["--data-dir", args.data_dir]
-    if device.name != "cpu":
-        words += ["--device", device.name]
+    """The command that continues this run, with the flags it cannot take from the checkpoint
+    (`common.place_words`: ``--data-dir``, ``--trust-data``, ``--device``)."""
+    words = ["python", "scripts/train.py", "--resume", str(ckpt_path),
+             *place_words(args.data_dir, args.trust_data, device.name)]
     return " ".join(shlex.quote(w) for w in words)
 
 

@@ -64,9 +64,12 @@ from .config import (
     RESUMED_KEYS,
     add_recipe_flags,
     describe,
+    flag_notes,
     new_config,
     resumed_config,
+    schedule_note,
     show_recipe,
+    with_commands,
 )
 from .datasets import load_data
 from .runs import (
@@ -89,6 +92,8 @@ CHECKPOINT_NAME = "checkpoint.npz"
 #: The pictures a run draws; a later run into the folder removes them once it has trained an epoch.
 PICTURES = ("samples.png", "history.png", "feature_maps.png", "filters.png", "confusion_matrix.png",
             "misclassified.png")
+#: The pictures inspect.py draws into a run folder (feature_maps_<index>.png): removed alike.
+INSPECT_PICTURES = "feature_maps_*.png"
 
 
 # -- flags and the run's configuration -------------------------------------------------------------
@@ -101,13 +106,15 @@ def train_parser() -> argparse.ArgumentParser:
                     "The training settings come from the recipe of the model and dataset (docs/training.md); each "
                     "one given as a flag overrides that setting; --show-recipe prints them and where each came from.",
     )
-    add_place_flags(p, "default: mnist when it is on disk or downloadable, else the bundled mnist-sample",
+    add_place_flags(p, "default: mnist when it is on disk or downloadable, else the bundled mnist-sample; with "
+                       "--resume, the checkpoint's",
                     "directory with the dataset's IDX files (raw or .gz), searched before $CNNXP_DATA and "
                     "~/.cache/cnnxp; downloads go there (default: none)")
-    p.add_argument("--model", choices=tuple(models.MODELS), help=f"network preset (default: {DEFAULTS['model']})")
+    p.add_argument("--model", choices=tuple(models.MODELS),
+                   help=f"network preset (default: {DEFAULTS['model']}; with --resume, the checkpoint's)")
     p.add_argument("--seed", type=seed_int,
-                   help=f"seed of the weights, the shuffling and dropout (default: {DEFAULTS['seed']}, or the resumed "
-                        "run's)")
+                   help=f"seed of the weights, the shuffling and dropout (default: {DEFAULTS['seed']}; with --resume, "
+                        "the checkpoint's)")
     add_recipe_flags(p)
     p.add_argument("--show-recipe", action="store_true",
                    help="print the settings this run would use, each with where it came from, and exit")
@@ -197,6 +204,7 @@ def _prepare(args, comm, folders: RunFolder):
                                                    PROG, args.trust_data)
         if config is None:  # the recipe follows the dataset actually used (the sample, when MNIST cannot be had)
             config = new_config(args, dataset)
+        with_commands(config, checkpoint, args, device.name)
         if comm.rank == 0:
             _make_folder(args, checkpoint, config, folders)
     except UsageError as exc:
@@ -253,11 +261,12 @@ def _run(args, config, checkpoint, device, out: Path, train_data, test_data, las
     if comm.size > 1:  # after the resume, so that rank 0's restored state is what every process starts from
         run.optimizer = distributed.DistributedOptimizer(run.optimizer, comm)
     names = class_names(config["dataset"])
-    _report_start(run, args.quiet, checkpoint, args.resume)
+    _report_start(run, args, checkpoint)
     written: list[str] = []
-    earlier = [name for name in PICTURES if (out / name).is_file()] if comm.rank == 0 else []
+    earlier = _earlier_pictures(out) if comm.rank == 0 else []
     plots_ok = not args.no_plots and comm.rank == 0 and report.draw_samples(run, names, written)
     run.stale, run.drawing = [out / name for name in earlier if name not in written], plots_ok
+    epochs_before = len(run.history)
     _train_epochs(run, args.quiet, last)
     result = evaluate(run.model, run.test_loader, return_predictions=True)
     if comm.rank != 0:
@@ -265,15 +274,33 @@ def _run(args, config, checkpoint, device, out: Path, train_data, test_data, las
     metrics = report.metrics(run, result, names)
     write_json(out / "metrics.json", metrics)
     write_json(out / "history.json", run.history.rows)
-    if not last.saved:  # e.g. resumed into a new --out with nothing left to train
+    rewrite = _checkpoint_out_of_date(run, checkpoint, last, trained=len(run.history) > epochs_before)
+    if rewrite:
         write_checkpoint(last.path, _arrays(run, len(run.history)))
     if plots_ok:
         report.draw_pictures(run, result, names, written)
-    files = ", ".join([CHECKPOINT_NAME, "metrics.json", "history.json", *written])
+    wrote_checkpoint = rewrite or len(run.history) > epochs_before
+    files = ", ".join([*([CHECKPOINT_NAME] if wrote_checkpoint else []), "metrics.json", "history.json", *written])
     print(f"test accuracy {100 * result.accuracy:.2f}% (loss {result.loss:.4f}) after {plural(len(run.history), 'epoch')} "
           f"on {config['dataset']}, {metrics['train_seconds']:.1f} s of training", flush=True)
     print(f"wrote {out}/: {files}", flush=True)
     return 0
+
+
+def _earlier_pictures(out: Path) -> list[str]:
+    """The pictures in the run folder from before this run: a run's own, and inspect.py's feature maps."""
+    own = [name for name in PICTURES if (out / name).is_file()]
+    return own + sorted(path.name for path in out.glob(INSPECT_PICTURES) if path.is_file())
+
+
+def _checkpoint_out_of_date(run: _Run, checkpoint: Checkpoint | None, last: LastEpoch, trained: bool) -> bool:
+    """Whether the checkpoint must be written once more at the end, so that it and metrics.json agree:
+    when it is not where this run writes (resumed into a new --out with nothing left to train), or
+    when nothing was trained and its configuration is not the run's (resumed with --epochs equal to
+    the epochs done, from a run that was to train more, or from a checkpoint in an older form)."""
+    if not last.saved:
+        return True
+    return checkpoint is not None and not trained and checkpoint.config != run.config
 
 
 # -- the steps of a run ----------------------------------------------------------------------------
@@ -333,8 +360,11 @@ def _resume(run: _Run, checkpoint: Checkpoint, last: LastEpoch, resumed_from: Pa
     last.keep(_arrays(run, checkpoint.epoch), checkpoint.epoch, saved=last.path.resolve() == resumed_from.resolve())
 
 
-def _report_start(run: _Run, quiet: bool, checkpoint: Checkpoint | None, resumed_from: str | None) -> None:
-    config = run.config
+def _report_start(run: _Run, args, checkpoint: Checkpoint | None) -> None:
+    """The run's first lines: model, data and device; its settings and folder; where it resumes from, and
+    how its schedule changed (`config.schedule_note`); and on stderr, the flags without effect
+    (`config.flag_notes`)."""
+    config, quiet, resumed_from = run.config, args.quiet, args.resume
     (_, y_train), (_, y_test) = run.train_data, run.test_data
     say(quiet, f"{config['model']} ({run.model.num_parameters():,} parameters) on {config['dataset']} "
                f"({len(y_train):,} training / {len(y_test):,} test images), device {run.device.name}")
@@ -344,6 +374,10 @@ def _report_start(run: _Run, quiet: bool, checkpoint: Checkpoint | None, resumed
                + f"writing to {run.out}")
     if checkpoint is not None:
         say(quiet, f"resuming from {resumed_from} after epoch {checkpoint.epoch}")
+        if schedule_note(config, checkpoint):
+            say(quiet, schedule_note(config, checkpoint))
+    for line in flag_notes(config, args):
+        note(PROG, line)
 
 
 def _schedule(config: dict[str, Any]):

@@ -1,6 +1,6 @@
 """Data: IDX files, the MNIST-family datasets (local, downloaded, bundled sample) and the batch loader."""
 
-from .augment import RandomAffine, RandomShift, parse_augment
+from .augment import Compose, RandomAffine, RandomFlip, RandomShift, parse_augment
 from .datasets import (
     DATASETS,
     DatasetMismatchError,
@@ -19,7 +19,9 @@ __all__ = [
     "DatasetNotFoundError",
     "NORMALIZE_MEAN",
     "NORMALIZE_STD",
+    "Compose",
     "RandomAffine",
+    "RandomFlip",
     "RandomShift",
     "UnverifiedDataWarning",
     "load_dataset",

@@ -59,8 +59,8 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("fashion", "mnist-sample"): Recipe("adam", 1e-3, batch_size=32, epochs=15, schedule="cosine",
                                         augment="shift:2"),
     ("fashion", "mnist"): Recipe("adam", 1e-3, batch_size=64, epochs=10, schedule="cosine", augment="shift:2"),
-    ("fashion", "fashion-mnist"): Recipe("adam", 2e-3, batch_size=64, epochs=30, schedule="cosine",
-                                         label_smoothing=0.1),
+    ("fashion", "fashion-mnist"): Recipe("adam", 2e-3, batch_size=64, epochs=40, schedule="cosine",
+                                         augment="flip", label_smoothing=0.1),
 }
 
 

@@ -266,6 +266,7 @@ class DistributedOptimizer:
     def __init__(self, optimizer, comm, local_batchnorm: bool = False):
         self.__dict__["optimizer"] = optimizer
         self.comm, self.model = comm, optimizer.model
+        self._send = None  # the host buffer of each step's allreduce, kept between steps
         self._check_same_parameters()
         self._share_from_rank0()
         for layer in self.model.layers:
@@ -316,8 +317,13 @@ class DistributedOptimizer:
         opt = self.optimizer
         with self.model.device.activate():
             grad = opt.flat_grads()
-            if isinstance(grad, np.ndarray):
-                summed = self.comm.allreduce(np.concatenate([grad * n, np.array([n, *asked], dtype=grad.dtype)]))
+            if isinstance(grad, np.ndarray):  # one buffer, kept: no allocation, no extra pass
+                send = self._send
+                if send is None or send.shape[0] != grad.shape[0] + 3 or send.dtype != grad.dtype:
+                    send = self._send = np.empty(grad.shape[0] + 3, dtype=grad.dtype)
+                np.multiply(grad, n, out=send[:-3])
+                send[-3:] = (n, *asked)
+                summed = self.comm.allreduce(send)
                 total, stops, grad = int(summed[-3]), summed[-2:], summed[:-3]
             else:
                 counts = self.comm.allreduce(np.array([n, *asked], dtype=np.int64))
@@ -326,7 +332,11 @@ class DistributedOptimizer:
             if any(stops):  # some process was asked to stop: all stop here, before updating, alike
                 _stop["agreed"] = STOP_KINDS[1] if stops[1] else STOP_KINDS[0]
                 raise KeyboardInterrupt
-            opt.apply(grad / total)
+            if isinstance(grad, np.ndarray):
+                np.divide(grad, total, out=grad)  # a view of the kept buffer: nothing holds it past apply
+            else:
+                grad = grad / total
+            opt.apply(grad)
 
 
 def limit_threads(comm) -> int | None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from array_api_compat import array_namespace, is_numpy_array
 from array_api_compat import device as device_of
+from array_api_compat import is_numpy_array
 
 from ._checks import check_real
 from .backend import on_device_of
+from .ops._namespace import array_namespace
 
 __all__ = ["softmax_cross_entropy"]
 

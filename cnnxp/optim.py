@@ -20,10 +20,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from array_api_compat import array_namespace
-
 from . import backend
 from ._checks import check_real
+from .ops._namespace import array_namespace
 
 __all__ = ["SGD", "Adam", "Optimizer"]
 

@@ -457,6 +457,8 @@ def serve(spec: str) -> None:
     framework, device = spec.split(",")
     if framework == "torch":
         load_torch().set_num_threads(blas_threads())
+    elif device == "cpu":  # as scripts/train.py runs
+        cnnxp.backend.keep_freed_host_memory()
     runner = step = None
     for line in sys.stdin:
         request = json.loads(line)
@@ -534,6 +536,8 @@ def child_memory(spec: str) -> None:
     batch = int(batch)
     if framework == "torch":
         load_torch().set_num_threads(blas_threads())
+    elif device == "cpu":  # as the timed workers run
+        cnnxp.backend.keep_freed_host_memory()
     runner = (CnnxpRunner if framework == "cnnxp" else TorchRunner)(model_name, batch, device)
     step = runner.train_step if mode == "train" else runner.infer_step
     runner.sync()

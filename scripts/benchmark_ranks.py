@@ -691,6 +691,10 @@ def worker(spec_path: str) -> int:
             import torch
 
             torch.set_num_threads(spec["threads"])
+        else:  # as scripts/train.py runs on the CPU
+            from cnnxp.backend import keep_freed_host_memory
+
+            keep_freed_host_memory()
         comm = open_comm(spec)
         if comm.size != spec["processes"]:
             raise RuntimeError(f"started {comm.size} processes, expected {spec['processes']}")

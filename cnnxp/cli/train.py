@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np  # host side: the arrays of the data, and the floating-point warnings of a diverged run
 
 from .. import distributed, models
+from ..backend import keep_freed_host_memory
 from ..checkpoint import Checkpoint, CheckpointError, checkpoint_arrays, write_checkpoint
 from ..data import DataLoader, parse_augment
 from ..optim import SGD, Adam
@@ -168,6 +169,8 @@ def _train_main(argv, holder: dict) -> int:
             stop = StopSignals(comm)
             stop.install()
             checkpoint, config, device, train_data, test_data = _prepare(args, comm, folders)
+            if device.name == "cpu":  # every step allocates the same arrays again: keep them at hand
+                keep_freed_host_memory()
         except KeyboardInterrupt as exc:
             folders.close(remove=True)
             note(PROG, f"{stop.word(exc) if stop else 'interrupted'} before training started: nothing was written")

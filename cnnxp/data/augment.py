@@ -14,11 +14,11 @@ indices are computed, and the pixels moved, on the device.
 from __future__ import annotations
 
 import numpy as np
-from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
 from .._checks import check_int, check_real
 from ..backend import array_device, on_device_of, to_device
+from ..ops._namespace import array_namespace
 
 __all__ = ["RandomShift", "RandomAffine", "RandomFlip", "Compose", "parse_augment"]
 

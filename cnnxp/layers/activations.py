@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import math
 
-from array_api_compat import array_namespace
-
 from .. import ops
+from ..ops._namespace import array_namespace
 from .base import Layer
 
 

@@ -6,10 +6,10 @@ import functools
 from typing import Any
 
 import numpy as np  # host-side RNG only: weights are drawn here, then moved to the device
-from array_api_compat import array_namespace
 
 from .. import backend
 from ..backend import DeviceError, array_device, describe, float_dtype, get_device, move_hint, to_device
+from ..ops._namespace import array_namespace
 
 _global_rng = np.random.default_rng()
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np  # host-side initialisation only
-from array_api_compat import array_namespace
 
 from .._checks import check_int
+from ..ops._namespace import array_namespace
 from .base import Layer, init_weight, make_rng
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import numpy as np  # host-side initialisation only
-from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
 from .._checks import check_int, check_real
+from ..ops._namespace import array_namespace
 from .base import Layer
 
 

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
 from .._checks import check_pair
 from ._device import on_input_device
+from ._namespace import array_namespace
 
 __all__ = [
     "conv_output_size",

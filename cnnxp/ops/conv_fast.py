@@ -39,11 +39,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
 from .._checks import check_choice
 from ._device import on_input_device
+from ._namespace import array_namespace
 from .blocks import Blocks, images_per_slice
 from .conv import conv_geometry, im2col, pad2d, window_slices
 from .conv_toeplitz import SlicedToeplitzCache, ToeplitzCache, toeplitz_backward, toeplitz_forward

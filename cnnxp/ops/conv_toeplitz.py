@@ -19,10 +19,10 @@ from __future__ import annotations
 import functools
 from typing import Any, NamedTuple
 
-from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
 from ._device import on_input_device
+from ._namespace import array_namespace
 from .blocks import Blocks, images_per_slice
 
 __all__ = [

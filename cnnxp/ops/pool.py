@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
 from .._checks import check_pair
 from ._device import on_input_device
+from ._namespace import array_namespace
 from .conv import conv_output_size, pad2d, unpad2d, window_slices
 
 __all__ = [

@@ -25,11 +25,11 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
 from . import pool
 from ._device import on_input_device
+from ._namespace import array_namespace
 from .blocks import Blocks, images_per_slice
 from .conv import pad2d, unpad2d
 from .conv_fast import windows_disjoint, windows_tile

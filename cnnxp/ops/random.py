@@ -14,10 +14,10 @@ between keys; `tests/test_random.py`), which is all a Dropout mask asks of them.
 
 from __future__ import annotations
 
-from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
 from ._device import device_context
+from ._namespace import array_namespace
 
 __all__ = ["P", "KEY_BOUNDS", "random_bits", "keep_mask"]
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from array_api_compat import array_namespace
-
 from ._device import on_input_device
+from ._namespace import array_namespace
 
 __all__ = ["log_softmax", "softmax", "softmax_backward"]
 

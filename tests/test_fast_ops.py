@@ -301,6 +301,20 @@ def test_conv_toeplitz_matches_im2col(backend, cin, cout, k, s, p, hw):
     assert_close(toeplitz, im2col, backend)
 
 
+@pytest.mark.parametrize("cin,cout,k,s,p,hw", CONV_CASES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_toeplitz_bias_rides_in_the_product_only_where_the_input_is_padded(backend, cin, cout, k, s, p, hw, bias):
+    """With padding the input is copied anyway and the bias takes a column of ones in the rows;
+    without, the rows are read from the input as it is and the bias is added to the output."""
+    x, w, b, grad = conv_inputs(backend, cin, cout, k, s, p, hw)
+    padded = (p, p) if isinstance(p, int) else p
+    _, cache = conv_run(x, w, b if bias else None, s, p, grad, algorithm="toeplitz")
+    kh = k[0] if isinstance(k, tuple) else k
+    column = bias and padded != (0, 0)
+    assert cache.geometry.bias_column is column
+    assert cache.rows.shape[1] == kh * cin * (hw[1] + 2 * padded[1] + column)
+
+
 @pytest.mark.parametrize("o,c,kh,kw,wp,sw", [(2, 3, 3, 2, 7, 1), (3, 1, 5, 5, 32, 1), (2, 2, 2, 3, 9, 2), (1, 1, 1, 1, 4, 3)])
 def test_toeplitz_weight_against_loops_and_its_adjoint(backend, o, c, kh, kw, wp, sw):
     rng = np.random.default_rng(5)

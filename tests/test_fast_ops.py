@@ -303,38 +303,45 @@ def test_conv_toeplitz_matches_im2col(backend, cin, cout, k, s, p, hw):
 
 @pytest.mark.parametrize("cin,cout,k,s,p,hw", CONV_CASES)
 @pytest.mark.parametrize("bias", [True, False])
-def test_toeplitz_bias_rides_in_the_product_only_where_the_input_is_padded(backend, cin, cout, k, s, p, hw, bias):
-    """With padding the input is copied anyway and the bias takes a column of ones in the rows;
-    without, the rows are read from the input as it is and the bias is added to the output."""
+def test_toeplitz_rows_leave_out_the_side_padding_and_carry_the_bias_only_with_a_copy(backend, cin, cout, k, s, p,
+                                                                                        hw, bias):
+    """The rows hold the input's own columns (the left and right padding would only meet zeros);
+    padding above and below needs a copy of the input, and only then does the bias take a column
+    of ones in the rows; otherwise the rows are read from the input and the bias added to the output."""
     x, w, b, grad = conv_inputs(backend, cin, cout, k, s, p, hw)
     padded = (p, p) if isinstance(p, int) else p
     _, cache = conv_run(x, w, b if bias else None, s, p, grad, algorithm="toeplitz")
     kh = k[0] if isinstance(k, tuple) else k
-    column = bias and padded != (0, 0)
+    column = bias and padded[0] != 0
     assert cache.geometry.bias_column is column
-    assert cache.rows.shape[1] == kh * cin * (hw[1] + 2 * padded[1] + column)
+    assert cache.rows.shape[1] == kh * cin * (hw[1] + column)
 
 
 @pytest.mark.parametrize("o,c,kh,kw,wp,sw", [(2, 3, 3, 2, 7, 1), (3, 1, 5, 5, 32, 1), (2, 2, 2, 3, 9, 2), (1, 1, 1, 1, 4, 3)])
-def test_toeplitz_weight_against_loops_and_its_adjoint(backend, o, c, kh, kw, wp, sw):
+@pytest.mark.parametrize("offset,extra", [(0, 0), (1, 0), (2, 1)])  # side padding left out; a ones column after
+def test_toeplitz_weight_against_loops_and_its_adjoint(backend, o, c, kh, kw, wp, sw, offset, extra):
     rng = np.random.default_rng(5)
-    ow = (wp - kw) // sw + 1
+    ow = (wp + 2 * offset - kw) // sw + 1  # wp input columns, padded by offset on each side
+    width = wp + extra
     weight = rng.standard_normal((o, c, kh, kw))
-    want = np.zeros((kh, c, wp, o, ow))
+    want = np.zeros((kh, c, width, o, ow))
     for oi in range(o):
         for ci in range(c):
             for i in range(kh):
                 for x in range(ow):
                     for j in range(kw):
-                        want[i, ci, x * sw + j, oi, x] = weight[oi, ci, i, j]
-    t = ops.toeplitz_weight(backend.asarray(weight), wp, ow, sw)
+                        col = x * sw + j - offset
+                        if 0 <= col < wp:
+                            want[i, ci, col, oi, x] = weight[oi, ci, i, j]
+    args = (width, ow, sw, offset, wp)
+    t = ops.toeplitz_weight(backend.asarray(weight), *args)
     backend.assert_on_backend(t)
-    np.testing.assert_array_equal(host(t), host(backend.asarray(want.reshape(kh * c * wp, o * ow))))
+    np.testing.assert_array_equal(host(t), host(backend.asarray(want.reshape(kh * c * width, o * ow))))
     # The weight gradient is the adjoint: <T(W), G> == <W, T*(G)> for any G.
-    g = rng.standard_normal((kh * c * wp, o * ow))
-    back = host(ops.toeplitz_weight_grad(backend.asarray(g), (o, c, kh, kw), wp, ow, sw))
+    g = rng.standard_normal((kh * c * width, o * ow))
+    back = host(ops.toeplitz_weight_grad(backend.asarray(g), (o, c, kh, kw), *args))
     assert back.shape == (o, c, kh, kw)
-    np.testing.assert_allclose(np.sum(want.reshape(kh * c * wp, o * ow) * g), np.sum(weight * back),
+    np.testing.assert_allclose(np.sum(want.reshape(kh * c * width, o * ow) * g), np.sum(weight * back),
                                rtol=backend.rtol * 10)
 
 

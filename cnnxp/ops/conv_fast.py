@@ -266,9 +266,9 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, *, algorithm="auto
         As for `conv.conv2d_forward`.
     algorithm : {"auto", "im2col", "toeplitz"}
         ``im2col``: one column per output position, ``(O, C*kh*kw) @ (C*kh*kw, N*out_h*out_w)``.
-        ``toeplitz``: one row per output row, ``(N*out_h, kh*C*Wp) @ (kh*C*Wp, O*out_w)``
+        ``toeplitz``: one row per output row, ``(N*out_h, kh*C*W) @ (kh*C*W, O*out_w)``
         against `toeplitz_weight`; a smaller copy of the input and a better-shaped product, at
-        ``Wp / kw`` times the arithmetic. ``auto`` picks Toeplitz where that trade pays
+        ``W / kw`` times the arithmetic. ``auto`` picks Toeplitz where that trade pays
         (`TOEPLITZ_MAX_WORK`). All give the same result to rounding.
     inference : bool
         Speed over what backward needs: slices of ``blocks.toeplitz_block_bytes`` or

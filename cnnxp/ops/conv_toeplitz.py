@@ -1,14 +1,15 @@
 """Convolution as rows against a Toeplitz matrix of the weights (a fast path of `conv_fast`).
 
 im2col (`conv`) builds one column per output *position*; this builds one row per output
-*row*: ``(N*out_h, kh*C*Wp) @ (kh*C*Wp, O*out_w)``. Row ``(n, r)`` holds the ``kh`` padded
-input rows output row ``r`` of image ``n`` reads; `toeplitz_weight` places each kernel row at
-every output column's offset. The product does ``Wp / kw`` times im2col's arithmetic, but its
-input copy is ``kh`` times the input instead of ``kh*kw`` times and its shape suits a matrix
-product better: it pays for narrow, few-channel layers such as LeNet-5's (`conv_fast`'s
-``algorithm="auto"`` rule; docs/performance.md).
+*row*: ``(N*out_h, kh*C*W) @ (kh*C*W, O*out_w)``. Row ``(n, r)`` holds the ``kh`` input rows
+(padded above and below) output row ``r`` of image ``n`` reads; `toeplitz_weight` places each
+kernel row at every output column's offset, shifted by the left padding, which the rows leave
+out (its zeros would meet nothing). The product does ``W / kw`` times im2col's arithmetic, but
+its input copy is ``kh`` times the input instead of ``kh*kw`` times (none at all without padding
+above and below) and its shape suits a matrix product better: it pays for narrow, few-channel
+layers such as LeNet-5's (`conv_fast`'s ``algorithm="auto"`` rule; docs/performance.md).
 
-Memory order: the padded input is stored ``(N, Hp, C, Wp)`` so that a row's ``kh`` input rows
+Memory order: the rows' source is stored ``(N, Hp, C, W)`` so that a row's ``kh`` input rows
 are one slice, and the output ``(N, out_h, O, out_w)``, returned as its NCHW view. The layers
 below keep that storage order (pooling allocates its gradient like its input), so the next
 convolution reads its input, and this one its gradient, without a copy.
@@ -37,53 +38,62 @@ __all__ = [
 
 
 @functools.lru_cache(maxsize=64)
-def _toeplitz_selector(xp, dtype, device, padded_width: int, out_width: int, stride_w: int, kw: int):
-    """``(S, S.T)`` with ``S[(w, x), j] = 1`` where input column ``w`` is kernel column ``j`` of output
-    column ``x``. It depends only on the shapes, so it is made once per shape, dtype and device."""
-    w = xp.reshape(xp.arange(padded_width, device=device), (padded_width, 1, 1))
+def _toeplitz_selector(xp, dtype, device, width: int, out_width: int, stride_w: int, kw: int, offset: int = 0,
+                       columns: int | None = None):
+    """``(S, S.T)`` with ``S[(w, x), j] = 1`` where input column ``w`` (of ``columns`` that hold input,
+    ``offset`` columns of padding before them) is kernel column ``j`` of output column ``x``. It
+    depends only on the shapes, so it is made once per shape, dtype and device."""
+    columns = width if columns is None else columns
+    w = xp.reshape(xp.arange(width, device=device), (width, 1, 1))
     x = xp.reshape(xp.arange(out_width, device=device), (1, out_width, 1))
     j = xp.reshape(xp.arange(kw, device=device), (1, 1, kw))
-    sel = xp.reshape(xp.astype(w == x * stride_w + j, dtype), (padded_width * out_width, kw))
+    hit = xp.logical_and(w + offset == x * stride_w + j, w < columns)
+    sel = xp.reshape(xp.astype(hit, dtype), (width * out_width, kw))
     return sel, xp.asarray(xp.matrix_transpose(sel), copy=True)
 
 
 @on_input_device
-def toeplitz_weight(weight, padded_width: int, out_width: int, stride_w: int):
-    """The weight as a ``(kh*C*Wp, O*out_w)`` matrix: row ``(i, c, w)``, column ``(o, x)`` holds
-    ``weight[o, c, i, w - x*stride_w]`` where that offset lies in the kernel, else 0.
+def toeplitz_weight(weight, width: int, out_width: int, stride_w: int, offset: int = 0, columns: int | None = None):
+    """The weight as a ``(kh*C*width, O*out_w)`` matrix: row ``(i, c, w)``, column ``(o, x)`` holds
+    ``weight[o, c, i, w + offset - x*stride_w]`` where that offset lies in the kernel and ``w <
+    columns``, else 0.
 
-    One small product places every kernel row: ``(kh*C*O, kw) @ S.T``, with the 0/1 selector
-    ``S[(w, x), j]`` (`_toeplitz_selector`), exact since each entry takes one weight times 1.
+    ``offset`` is the input's left padding when the rows leave the padding columns out (they would
+    only meet zeros); ``columns`` (default: all ``width``) how many columns hold input: the rest
+    (the bias's column of ones) meet no weight. One small product places every kernel row:
+    ``(kh*C*O, kw) @ S.T``, with the 0/1 selector ``S[(w, x), j]`` (`_toeplitz_selector`), exact
+    since each entry takes one weight times 1.
     """
     xp = array_namespace(weight)
     o, c, kh, kw = weight.shape
-    wp, ow = padded_width, out_width
-    _, sel_t = _toeplitz_selector(xp, weight.dtype, device_of(weight), wp, ow, stride_w, kw)
+    ow = out_width
+    _, sel_t = _toeplitz_selector(xp, weight.dtype, device_of(weight), width, ow, stride_w, kw, offset, columns)
     per_kernel_row = xp.reshape(xp.permute_dims(weight, (2, 1, 0, 3)), (kh * c * o, kw)) @ sel_t
-    placed = xp.permute_dims(xp.reshape(per_kernel_row, (kh, c, o, wp, ow)), (0, 1, 3, 2, 4))  # (kh, c, wp, o, ow)
-    return xp.reshape(placed, (kh * c * wp, o * ow))
+    placed = xp.permute_dims(xp.reshape(per_kernel_row, (kh, c, o, width, ow)), (0, 1, 3, 2, 4))  # (kh, c, w, o, ow)
+    return xp.reshape(placed, (kh * c * width, o * ow))
 
 
 @on_input_device
-def toeplitz_weight_grad(grad_t, weight_shape, padded_width: int, out_width: int, stride_w: int):
-    """Adjoint of `toeplitz_weight`: sum each kernel offset's entries of a ``(kh*C*Wp, O*out_w)`` gradient.
+def toeplitz_weight_grad(grad_t, weight_shape, width: int, out_width: int, stride_w: int, offset: int = 0,
+                         columns: int | None = None):
+    """Adjoint of `toeplitz_weight`: sum each kernel offset's entries of a ``(kh*C*width, O*out_w)`` gradient.
 
     The sums over output columns are one small product with the 0/1 selector
     ``S[(w, x), j]`` (faster than a reduction over a strided axis).
     """
     xp = array_namespace(grad_t)
     o, c, kh, kw = weight_shape
-    wp, ow = padded_width, out_width
-    sel, _ = _toeplitz_selector(xp, grad_t.dtype, device_of(grad_t), wp, ow, stride_w, kw)
-    per_kernel_row = xp.permute_dims(xp.reshape(grad_t, (kh, c, wp, o, ow)), (0, 1, 3, 2, 4))  # (kh, c, o, wp, ow)
-    taps = xp.reshape(xp.reshape(per_kernel_row, (kh * c * o, wp * ow)) @ sel, (kh, c, o, kw))
+    ow = out_width
+    sel, _ = _toeplitz_selector(xp, grad_t.dtype, device_of(grad_t), width, ow, stride_w, kw, offset, columns)
+    per_kernel_row = xp.permute_dims(xp.reshape(grad_t, (kh, c, width, o, ow)), (0, 1, 3, 2, 4))  # (kh, c, o, w, ow)
+    taps = xp.reshape(xp.reshape(per_kernel_row, (kh * c * o, width * ow)) @ sel, (kh, c, o, kw))
     return xp.permute_dims(taps, (2, 1, 0, 3))
 
 
 def _toeplitz_rows(src, kh: int, sh: int, oh: int):
-    """``(N*out_h, kh*C*Wp)``: output row ``r`` of image ``n`` takes padded rows ``r*sh + i``, i < kh.
+    """``(N*out_h, kh*C*Ws)``: output row ``r`` of image ``n`` takes source rows ``r*sh + i``, i < kh.
 
-    ``src`` is the padded batch stored ``(N, Hp, C, Wp)``.
+    ``src`` is the batch padded above and below, stored ``(N, Hp, C, Ws)``.
     """
     xp = array_namespace(src)
     n, _, c, wp = src.shape
@@ -109,7 +119,7 @@ class ToeplitzGeometry(NamedTuple):
     stride: tuple
     padding: tuple
     out_size: tuple
-    bias_column: bool  # the rows carry a column of ones for the bias (`toeplitz_forward`: where there is padding)
+    bias_column: bool  # the rows carry a column of ones for the bias (`toeplitz_forward`: with padding above and below)
 
     @property
     def padded(self) -> tuple[int, int]:
@@ -118,15 +128,17 @@ class ToeplitzGeometry(NamedTuple):
 
     @property
     def source_width(self) -> int:
-        """Ws: the padded width, plus the column of ones when the bias rides in the product."""
-        return self.padded[1] + self.bias_column
+        """Ws: the input's width (the left and right padding would only meet zeros, so the rows leave
+        it out and `toeplitz_weight` shifts by it), plus the column of ones when the bias rides in
+        the product."""
+        return self.in_shape[3] + self.bias_column
 
 
 class ToeplitzCache(NamedTuple):
     """The whole batch's rows, kept for the weight gradient."""
 
     rows: Any  # (N*out_h, kh*C*Ws)
-    weight_matrix: Any  # (kh*C*Ws, O*out_w): `toeplitz_weight`, with the bias in row Wp
+    weight_matrix: Any  # (kh*C*Ws, O*out_w): `toeplitz_weight`, with the bias in row W when the rows carry ones
     geometry: ToeplitzGeometry
 
 
@@ -151,26 +163,26 @@ def toeplitz_forward(x, weight, bias, stride, padding, out_size, chunk_bytes):
     n, c, h, w = x.shape
     o, _, kh, kw = weight.shape
     (sh, sw), (ph, pw), (oh, ow) = stride, padding, out_size
-    # Where the input is copied into a padded source anyway, the bias rides in the product: one
-    # more input column, all ones in channel 0, meets a weight row holding the bias (the column
-    # lies beyond every kernel window, so the Toeplitz rows there are zero): no pass over the
-    # output, and its gradient comes free. Without padding the input is read as it is, and the
-    # bias added to the output: a copy of the input and 1/Wp more arithmetic saved (LeNet-5's
-    # second layer: 4% of a training step at batch 32).
-    column = bias is not None and padding != (0, 0)
+    # The rows leave out the left and right padding (zeros, which meet nothing): `toeplitz_weight`
+    # shifts by it instead. Padding above and below is rows of zeros in a copy of the input; where
+    # that copy is made anyway, the bias rides in the product: one more input column, all ones in
+    # channel 0, meets a weight row holding the bias and no other weight: no pass over the output,
+    # and its gradient comes free. Otherwise the rows are read from the input as it is, and the
+    # bias added to the output (LeNet-5's second layer: no copy, 1/14 less arithmetic).
+    column = bias is not None and ph > 0
     geometry = ToeplitzGeometry((n, c, h, w), (o, c, kh, kw), stride, padding, out_size, column)
-    (hp, wp), ws = geometry.padded, geometry.source_width
+    hp, ws = geometry.padded[0], geometry.source_width
     x_nhcw = xp.permute_dims(x, (0, 2, 1, 3))
     if ws != w or hp != h:
         src = xp.zeros((n, hp, c, ws), dtype=x.dtype, device=device_of(x))
-        src[:, ph : ph + h, :, pw : pw + w] = x_nhcw
+        src[:, ph : ph + h, :, :w] = x_nhcw
         if column:
-            src[:, :, 0, wp] = 1.0
+            src[:, :, 0, w] = 1.0
     else:
         src = x_nhcw
-    t = toeplitz_weight(weight, ws, ow, sw)
+    t = toeplitz_weight(weight, ws, ow, sw, offset=pw, columns=w)
     if column:
-        t[wp, :] = xp.reshape(xp.broadcast_to(bias[:, None], (o, ow)), (o * ow,))
+        t[w, :] = xp.reshape(xp.broadcast_to(bias[:, None], (o, ow)), (o * ow,))
     step = images_per_slice(kh * c * ws * oh * (xp.finfo(x.dtype).bits // 8), n, chunk_bytes)
     if step >= n:
         rows = _toeplitz_rows(src, kh, sh, oh)
@@ -200,21 +212,21 @@ def toeplitz_backward(grad_out, cache, need_input_grad=True, blocks: Blocks | No
     geo = cache.geometry
     n, c, h, w = geo.in_shape
     o = geo.weight_shape[0]
-    (ph, pw), (oh, ow), (hp, wp), ws = geo.padding, geo.out_size, geo.padded, geo.source_width
+    (ph, pw), (oh, ow), hp, ws = geo.padding, geo.out_size, geo.padded[0], geo.source_width
     g = xp.reshape(xp.permute_dims(grad_out, (0, 2, 1, 3)), (n * oh, o * ow))
     dsrc = xp.zeros((n, hp, c, ws), dtype=grad_out.dtype, device=device_of(grad_out)) if need_input_grad else None
     if isinstance(cache, ToeplitzCache):
         grad_t = _whole_batch_grads(g, cache, dsrc, None if blocks is None else blocks.cache_block_bytes)
     else:
         grad_t = _sliced_grads(g, cache, dsrc)
-    grad_weight = toeplitz_weight_grad(grad_t, geo.weight_shape, ws, ow, geo.stride[1])
+    grad_weight = toeplitz_weight_grad(grad_t, geo.weight_shape, ws, ow, geo.stride[1], offset=pw, columns=w)
     if geo.bias_column:  # the row of the ones column (see the forward)
-        grad_bias = xp.sum(xp.reshape(grad_t[wp, :], (o, ow)), axis=1)
+        grad_bias = xp.sum(xp.reshape(grad_t[w, :], (o, ow)), axis=1)
     else:  # rows first (a contiguous reduction), then the few output columns of each channel
         grad_bias = xp.sum(xp.reshape(xp.sum(g, axis=0), (o, ow)), axis=1)
     if not need_input_grad:
         return None, grad_weight, grad_bias
-    return xp.permute_dims(dsrc[:, ph : ph + h, :, pw : pw + w], (0, 2, 1, 3)), grad_weight, grad_bias
+    return xp.permute_dims(dsrc[:, ph : ph + h, :, :w], (0, 2, 1, 3)), grad_weight, grad_bias
 
 
 def _whole_batch_grads(g, cache: ToeplitzCache, dsrc, block_bytes):

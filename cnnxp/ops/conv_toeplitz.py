@@ -40,16 +40,17 @@ __all__ = [
 @functools.lru_cache(maxsize=64)
 def _toeplitz_selector(xp, dtype, device, width: int, out_width: int, stride_w: int, kw: int, offset: int = 0,
                        columns: int | None = None):
-    """``(S, S.T)`` with ``S[(w, x), j] = 1`` where input column ``w`` (of ``columns`` that hold input,
-    ``offset`` columns of padding before them) is kernel column ``j`` of output column ``x``. It
-    depends only on the shapes, so it is made once per shape, dtype and device."""
+    """``S`` with ``S[(w, x), j] = 1`` where input column ``w`` (of ``columns`` that hold input,
+    ``offset`` columns of padding before them) is kernel column ``j`` of output column ``x``, and the
+    same as a ``(width, kw, out_width)`` stack for `toeplitz_weight`. It depends only on the
+    shapes, so it is made once per shape, dtype and device."""
     columns = width if columns is None else columns
     w = xp.reshape(xp.arange(width, device=device), (width, 1, 1))
     x = xp.reshape(xp.arange(out_width, device=device), (1, out_width, 1))
     j = xp.reshape(xp.arange(kw, device=device), (1, 1, kw))
     hit = xp.logical_and(w + offset == x * stride_w + j, w < columns)
     sel = xp.reshape(xp.astype(hit, dtype), (width * out_width, kw))
-    return sel, xp.asarray(xp.matrix_transpose(sel), copy=True)
+    return sel, xp.asarray(xp.permute_dims(xp.reshape(sel, (width, out_width, kw)), (0, 2, 1)), copy=True)
 
 
 @on_input_device
@@ -60,16 +61,17 @@ def toeplitz_weight(weight, width: int, out_width: int, stride_w: int, offset: i
 
     ``offset`` is the input's left padding when the rows leave the padding columns out (they would
     only meet zeros); ``columns`` (default: all ``width``) how many columns hold input: the rest
-    (the bias's column of ones) meet no weight. One small product places every kernel row:
-    ``(kh*C*O, kw) @ S.T``, with the 0/1 selector ``S[(w, x), j]`` (`_toeplitz_selector`), exact
+    (the bias's column of ones) meet no weight. One batched product places every kernel row:
+    ``(kh*C, 1, O, kw) @ (1, width, kw, out_w)`` against the 0/1 selector ``S[w, j, x]``
+    (`_toeplitz_selector`), which comes out in the matrix's own order (no copy after it), exact
     since each entry takes one weight times 1.
     """
     xp = array_namespace(weight)
     o, c, kh, kw = weight.shape
     ow = out_width
-    _, sel_t = _toeplitz_selector(xp, weight.dtype, device_of(weight), width, ow, stride_w, kw, offset, columns)
-    per_kernel_row = xp.reshape(xp.permute_dims(weight, (2, 1, 0, 3)), (kh * c * o, kw)) @ sel_t
-    placed = xp.permute_dims(xp.reshape(per_kernel_row, (kh, c, o, width, ow)), (0, 1, 3, 2, 4))  # (kh, c, w, o, ow)
+    _, stack = _toeplitz_selector(xp, weight.dtype, device_of(weight), width, ow, stride_w, kw, offset, columns)
+    rows = xp.reshape(xp.permute_dims(weight, (2, 1, 0, 3)), (kh * c, 1, o, kw))
+    placed = rows @ xp.expand_dims(stack, axis=0)  # (kh*c, w, o, ow)
     return xp.reshape(placed, (kh * c * width, o * ow))
 
 

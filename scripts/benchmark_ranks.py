@@ -275,9 +275,9 @@ def run_steps(args, found: dict, tmp: str) -> tuple[list[dict], list[dict]]:
                 result = json.load(f)
             launches.append({"config": name, "repeat": repeat, "load_before": load, "wall_seconds": seconds,
                              **result})
-            print(f"  launch {repeat + 1}/{args.repeats} {config['label']}: "
+            print(f"  launch {repeat + 1}/{args.repeats} {config['label']}: "  # progress: stderr, the table alone on stdout
                   + ", ".join(f"{c['model']} b{c['batch']} {statistics.median(c['rates']):,.0f}"
-                              for c in result["cells"]) + " img/s", flush=True)
+                              for c in result["cells"]) + " img/s", file=sys.stderr, flush=True)
     return launches, failures
 
 
@@ -396,7 +396,7 @@ def run_epoch(args, found: dict, tmp: str) -> dict | None:
                     runs.append({"config": name, "repeat": repeat, "load_before": load, "wall_seconds": seconds,
                                  **epoch_result(name, out)})
                     print(f"  epoch {repeat + 1}/{args.repeats} {config['label']}: "
-                          f"{runs[-1]['images_per_second']:,.0f} img/s", flush=True)
+                          f"{runs[-1]['images_per_second']:,.0f} img/s", file=sys.stderr, flush=True)
                     continue
                 except (OSError, ValueError, KeyError) as exc:
                     problem = f"no result: {exc}"

@@ -67,6 +67,7 @@ def test_every_configuration_is_timed_and_the_json_holds_every_round(tmp_path):
     for launch in launches.values():
         (cell,) = launch["cells"]
         assert cell["steps"] >= 1 and len(cell["rates"]) == 1
+    assert "launch 1/1" in done.stderr and "launch 1/1" not in done.stdout  # progress on stderr, the table on stdout
     table = done.stdout.split("load average")[-1]
     for name in expected:
         label = data["meta"]["configurations"][name]["label"]

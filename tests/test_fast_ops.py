@@ -149,6 +149,7 @@ CONV_CASES = [  # in, out, kernel, stride, padding, (H, W)
     (3, 4, 1, 1, 0, (7, 7)),
     (2, 3, 2, 3, 0, (11, 11)),
     (3, 2, (2, 3), (1, 2), (1, 0), (8, 9)),
+    (2, 3, 3, (1, 2), (0, 2), (6, 9)),  # side padding only: the Toeplitz rows read the input without a copy
 ]
 
 

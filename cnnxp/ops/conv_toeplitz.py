@@ -145,7 +145,12 @@ class ToeplitzCache(NamedTuple):
 
 
 class SlicedToeplitzCache(NamedTuple):
-    """The padded input of a batch convolved in slices: backward rebuilds each slice's rows."""
+    """The padded input of a batch convolved in slices: backward rebuilds each slice's rows.
+
+    Without padding above and below, ``source`` is the input itself (no copy was made), as an
+    im2col cache holds its input: an input changed in place between forward and backward
+    changes the weight gradient. The layers never do that.
+    """
 
     source: Any  # (N, Hp, C, Ws)
     step: int  # images per slice

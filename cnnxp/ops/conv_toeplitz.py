@@ -45,12 +45,15 @@ def _toeplitz_selector(xp, dtype, device, width: int, out_width: int, stride_w: 
     same as a ``(width, kw, out_width)`` stack for `toeplitz_weight`. It depends only on the
     shapes, so it is made once per shape, dtype and device."""
     columns = width if columns is None else columns
-    w = xp.reshape(xp.arange(width, device=device), (width, 1, 1))
-    x = xp.reshape(xp.arange(out_width, device=device), (1, out_width, 1))
-    j = xp.reshape(xp.arange(kw, device=device), (1, 1, kw))
-    hit = xp.logical_and(w + offset == x * stride_w + j, w < columns)
-    sel = xp.reshape(xp.astype(hit, dtype), (width * out_width, kw))
-    return sel, xp.asarray(xp.permute_dims(xp.reshape(sel, (width, out_width, kw)), (0, 2, 1)), copy=True)
+
+    def hits(w_shape, x_shape, j_shape):  # made in each order it is used in, so each is stored that way
+        w = xp.reshape(xp.arange(width, device=device), w_shape)
+        x = xp.reshape(xp.arange(out_width, device=device), x_shape)
+        j = xp.reshape(xp.arange(kw, device=device), j_shape)
+        return xp.astype(xp.logical_and(w + offset == x * stride_w + j, w < columns), dtype)
+
+    sel = xp.reshape(hits((width, 1, 1), (1, out_width, 1), (1, 1, kw)), (width * out_width, kw))
+    return sel, hits((width, 1, 1), (1, 1, out_width), (1, kw, 1))  # (width, kw, out_width)
 
 
 @on_input_device

@@ -183,7 +183,7 @@ def toeplitz_forward(x, weight, bias, stride, padding, out_size, chunk_bytes):
     geometry = ToeplitzGeometry((n, c, h, w), (o, c, kh, kw), stride, padding, out_size, column)
     hp, ws = geometry.padded[0], geometry.source_width
     x_nhcw = xp.permute_dims(x, (0, 2, 1, 3))
-    if ws != w or hp != h:
+    if hp != h:  # padding above and below: the only reason to copy (and then the bias's column rides along)
         src = xp.zeros((n, hp, c, ws), dtype=x.dtype, device=device_of(x))
         src[:, ph : ph + h, :, :w] = x_nhcw
         if column:

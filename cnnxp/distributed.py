@@ -23,6 +23,7 @@ agreed on at the next step: all processes stop after the same step (`request_sto
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -80,17 +81,35 @@ def agreed_stop() -> str | None:
     return _stop["agreed"]
 
 
+def rank_timeout() -> float:
+    """``CNNXP_RANK_TIMEOUT`` in seconds (300 when unset); ValueError unless a positive finite number."""
+    text = os.environ.get("CNNXP_RANK_TIMEOUT")
+    if text is None:
+        return 300.0
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"CNNXP_RANK_TIMEOUT must be a positive number of seconds, got {text!r} "
+                         "(unset, it is 300)")
+    return value
+
+
 def init(backend: str = "auto"):
     """The communicator of this job: `MPICommunicator` (or `NCCLCommunicator` for ``"nccl"``) when an
-    MPI launcher started the process, else `SingleProcess`. ``backend="off"``: a single process."""
+    MPI launcher started the process, else `SingleProcess`. ``backend="off"``: a single process.
+
+    A bad ``CNNXP_RANK_TIMEOUT`` is a ValueError, raised before MPI starts."""
     if backend == "off" or (backend == "auto" and not launched()):
         return SingleProcess()
+    timeout = rank_timeout()
     try:
         from mpi4py import MPI  # noqa: F401  (initialises MPI)
     except ImportError:
         raise DistributedUnavailableError("data-parallel training needs mpi4py and an MPI: "
                                           "pip install 'cnnxp[mpi]' (mpi4py and MPICH, with mpiexec)") from None
-    comm = MPICommunicator()
+    comm = MPICommunicator(timeout=timeout)
     return NCCLCommunicator(comm) if backend == "nccl" else comm
 
 
@@ -138,7 +157,7 @@ class MPICommunicator:
         node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
         self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
         node.Free()
-        self.timeout = float(os.environ.get("CNNXP_RANK_TIMEOUT", 300)) if timeout is None else timeout
+        self.timeout = rank_timeout() if timeout is None else timeout
         self.cuda_aware = os.environ.get("CNNXP_CUDA_AWARE_MPI") == "1"
 
     def _wait(self, request, what: str) -> None:
@@ -356,12 +375,15 @@ def limit_threads(comm) -> int | None:
 
 
 def local_device(name: str, comm) -> str:
-    """``cuda`` becomes ``cuda:<local rank>``: one GPU per process on each node; CPUs are shared."""
+    """``cuda`` becomes ``cuda:<local rank>``: one GPU per process on each node; CPUs are shared.
+    Without any GPU (or CuPy) the name is returned as it is, for the device lookup to say why."""
     if name.strip().lower() != "cuda" or comm.size == 1:
         return name
     from .backend import get_device
 
     count = _gpu_count()
+    if count == 0:
+        return name
     if comm.local_rank >= count:
         raise ValueError(f"{comm.local_size} processes on this node but {count} GPU(s): start at most one process "
                          "per GPU (mpiexec -n ...), or name the devices")

@@ -475,6 +475,9 @@ def test_the_resume_hint_carries_the_flags_a_checkpoint_does_not_hold(tmp_path):
     args = train_cli.train_parser().parse_args(["--data-dir", "/data", "--trust-data"])
     hint = runs.resume_hint(args, get_device("cpu"), tmp_path / "checkpoint.npz")
     assert hint == f"python scripts/train.py --resume {tmp_path / 'checkpoint.npz'} --data-dir /data --trust-data"
+    hint = runs.resume_hint(args, get_device("cpu"), tmp_path / "checkpoint.npz", processes=2)  # exact on as many
+    assert hint == (f"mpiexec -n 2 python -m mpi4py scripts/train.py --resume {tmp_path / 'checkpoint.npz'} "
+                    "--data-dir /data --trust-data")
 
 
 def test_ctrl_c_hint_of_a_run_with_trust_data(tmp_path, monkeypatch, capsys):

@@ -7,8 +7,10 @@ mpi4py or mpiexec is missing; `.ci/run` installs the ``mpi`` extra.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -139,6 +141,77 @@ def test_an_unwritable_out_ends_both_processes_with_one_line(tmp_path):
     assert lines == [f"train.py: error: --out {str(blocker)!r} is a file, not a directory"], done.stderr
 
 
+def _error_lines(done) -> list[str]:
+    return [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "inf"])
+def test_a_bad_rank_timeout_is_one_line_before_mpi_starts(tmp_path, value):
+    done = mpirun(*_train_args(tmp_path / "run"), CNNXP_RANK_TIMEOUT=value)
+    assert done.returncode == 2
+    assert _error_lines(done) == [f"train.py: error: CNNXP_RANK_TIMEOUT must be a positive number of seconds, got "
+                                  f"{value!r} (unset, it is 300)"]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="checks the message of a machine without CuPy")
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--device", "cuda"], "device 'cuda' needs CuPy, which is not installed: pip install 'cnnxp[cuda12]' (CUDA 12) "
+                           "or 'cnnxp[cuda13]' (CUDA 13), or use the CPU (--device cpu)"),
+    (["--distributed", "nccl"], "the nccl backend needs CuPy with NCCL: pip install 'cnnxp[cuda12]' or "
+                                "'cnnxp[cuda13]', or use --distributed mpi"),
+])
+def test_asking_two_processes_for_gpus_without_cupy_is_one_line_and_no_abort(tmp_path, extra, message):
+    """Refused once MPI runs: every process finalises it and ends with 2 (no launcher's abort line)."""
+    done = mpirun(*_train_args(tmp_path / "run"), *extra)
+    assert done.returncode == 2
+    assert _error_lines(done) == [f"train.py: error: {message}"]
+    assert not (tmp_path / "run").exists()
+
+
+def _mnist_files(folder: Path, seed: int) -> Path:
+    from cnnxp.data.idx import write_idx
+
+    rng = np.random.default_rng(seed)
+    for images, labels, n in (("train-images-idx3-ubyte", "train-labels-idx1-ubyte", 96),
+                              ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", 32)):
+        write_idx(folder / f"{images}.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        write_idx(folder / f"{labels}.gz", rng.integers(0, 10, n, dtype=np.uint8))
+    return folder
+
+
+@pytest.mark.parametrize("differ", ["data", "settings"])
+def test_processes_that_read_different_data_or_settings_stop_before_training(tmp_path, differ):
+    """Node-local copies that differ, or a checkpoint that is not the same file everywhere, would have
+    the processes step out of time until the rank timeout: they compare what they read first."""
+    dirs = [_mnist_files(tmp_path / f"data{r}", seed=r if differ == "data" else 0) for r in range(2)]
+    cmd = []
+    for rank in range(2):
+        extra = ["--dataset", "mnist", "--trust-data", "--data-dir", dirs[rank], "--lr", "0.01" if rank == 0 or
+                 differ == "data" else "0.02"]
+        cmd += [":"] * (rank > 0) + ["-n", "1", sys.executable, "-m", "mpi4py", *map(str, _train_args(tmp_path / "run",
+                                                                                                    *extra))]
+    done = subprocess.run([MPIEXEC, *cmd], capture_output=True, text=True, timeout=120, env=_env(), cwd=ROOT)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in _error_lines(done) if "error" in line]
+    if differ == "data":
+        sums = re.fullmatch(r"train\.py: error: the processes would train on different data: rank 0 read mnist \(96 "
+                            r"training and 32 test images, checksum (\w+)\), rank 1 mnist \(96 training and 32 test "
+                            r"images, checksum (\w+)\); every process must read the same dataset and checkpoint "
+                            r"\(--dataset, --data-dir, --resume on a shared disk\)", errors[0])
+        assert len(errors) == 1 and sums and sums[1] != sums[2], errors
+    else:
+        assert errors == ["train.py: error: the processes would train on different settings: rank 0 and rank 1 "
+                          "differ in lr; every process must read the same dataset and checkpoint (--dataset, "
+                          "--data-dir, --resume on a shared disk)"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_help_is_printed_once(tmp_path):
+    done = mpirun(TRAIN, "--help")
+    assert done.returncode == 0 and done.stdout.count("usage: train.py") == 1
+
+
 @pytest.mark.parametrize("fault", ["raise", "stall"])
 def test_a_failing_or_stalled_process_ends_the_job_within_seconds(tmp_path, fault):
     job = {"model": "lenet5", "optimizer": "sgd", "dtype": "float32", "samples": 230, "batch": 64, "epochs": 2,
@@ -167,7 +240,7 @@ def test_ctrl_c_stops_both_processes_after_the_same_step(tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert err.count("interrupted: the checkpoint of epoch") == 1, err
-    assert "continue with: python scripts/train.py --resume" in err
+    assert "continue with: mpiexec -n 2 python -m mpi4py scripts/train.py --resume" in err
 
 
 def test_without_mpi_one_process_trains_and_asking_for_more_says_what_to_install(tmp_path):

@@ -179,6 +179,10 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, not argparse's usage block
         raise UsageError(message)
 
+    def print_help(self, file=None):  # --help under an MPI launcher: once, by rank 0
+        if not is_silent():
+            super().print_help(file)
+
 
 def _number(cast, expected: str, valid, rule: str):
     """An argparse type: ``cast(text)``, then ``valid(value)``, each failure one line."""

@@ -14,44 +14,90 @@ loss is summed over all of them before it is checked), with status 1.
 from __future__ import annotations
 
 import sys
+import zlib
+
+import numpy as np  # host side: the data's checksum
 
 from .. import distributed
-from .common import UsageError, note, set_silent
+from .common import UsageError, note, one_line, set_silent
 
-__all__ = ["start", "agree", "fail"]
+__all__ = ["start", "local_device", "fingerprint", "agree", "fail"]
 
 
-def start(args, prog: str):
-    """The job's communicator (a single process unless an MPI launcher started this one); quiets
+def start(args, holder: dict):
+    """The job's communicator (a single process unless an MPI launcher started this one), put in
+    ``holder["comm"]`` as soon as MPI runs, so that a refusal from then on ends every process alike,
+    MPI finalised (``MPICommunicator.exit_together``) rather than aborted with a second line. Quiets
     every rank but 0 and shares the node's cores among its processes."""
+    nccl = args.distributed == "nccl"
     try:
-        comm = distributed.init(args.distributed)
-    except distributed.DistributedUnavailableError as exc:
+        comm = holder["comm"] = distributed.init("mpi" if nccl else args.distributed)
+    except (distributed.DistributedUnavailableError, ValueError) as exc:  # before MPI starts
         raise UsageError(str(exc)) from None
     set_silent(comm.rank != 0)  # --distributed off under a launcher: every process is a run of its own
+    if nccl:
+        try:
+            comm = holder["comm"] = distributed.NCCLCommunicator(comm)
+        except distributed.DistributedUnavailableError as exc:
+            raise UsageError(str(exc)) from None
+        except Exception as exc:  # NCCL or CUDA refusing to start (no GPU, a driver too old)
+            raise UsageError(f"the nccl backend could not start: {one_line(exc)}; use --distributed mpi") from None
     if comm.size > 1:
         distributed.limit_threads(comm)
-        try:
-            args.device = distributed.local_device(args.device, comm)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
     return comm
 
 
-def agree(comm, error: UsageError | None, value=None):
+def local_device(name: str, comm) -> str:
+    """``--device cuda`` as this process's GPU, ``cuda:<its rank on the node>`` (`distributed.local_device`)."""
+    try:
+        return distributed.local_device(name, comm)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def fingerprint(config: dict, train_data, test_data) -> dict:
+    """What every process must have alike before training together: the run's settings (but the
+    commands, which name each process's GPU) and a checksum of the data as each process read it
+    (node-local copies, a download that failed on one node)."""
+    def checksum(arrays) -> str:
+        crc = 0
+        for a in arrays:
+            crc = zlib.crc32(np.ascontiguousarray(a).view(np.uint8).reshape(-1), crc)
+        return f"{crc:08x}"
+
+    return {
+        "data": f"{config['dataset']} ({len(train_data[0])} training and {len(test_data[0])} test images, "
+                f"checksum {checksum([*train_data, *test_data])})",
+        "settings": {k: v for k, v in config.items() if k != "commands"},
+    }
+
+
+def agree(comm, error: UsageError | None, value=None, same: dict | None = None):
     """Every process learns whether any of them refused to go on (``error``), and rank 0's ``value``.
 
-    Raises the first refusal's UsageError on every process (rank 0 prints it), so that they
-    all end alike; returns rank 0's ``value`` otherwise.
+    Raises the first refusal's UsageError on every process (rank 0 prints it), so that they all end
+    alike; then, if the processes' ``same`` (`fingerprint`) differ, a UsageError saying how; returns
+    rank 0's ``value`` otherwise.
     """
     if comm.size == 1:
         if error is not None:
             raise error
         return value
-    verdicts = comm.allgather(None if error is None else str(error))
-    first = next((v for v in verdicts if v is not None), None)
+    verdicts = comm.allgather((None if error is None else str(error), same))
+    first = next((v for v, _ in verdicts if v is not None), None)
     if first is not None:
         raise UsageError(first)
+    for rank, (_, theirs) in enumerate(verdicts):
+        mine = verdicts[0][1]
+        if theirs != mine:
+            key = next(k for k in mine if mine[k] != theirs.get(k))
+            if key == "data":
+                what = f"rank 0 read {mine[key]}, rank {rank} {theirs[key]}"
+            else:
+                differ = sorted(k for k in set(mine[key]) | set(theirs[key]) if mine[key].get(k) != theirs[key].get(k))
+                what = f"rank 0 and rank {rank} differ in {', '.join(differ)}"
+            raise UsageError(f"the processes would train on different {key}: {what}; every process must read the "
+                             "same dataset and checkpoint (--dataset, --data-dir, --resume on a shared disk)")
     return comm.bcast(value)
 
 

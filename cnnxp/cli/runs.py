@@ -167,11 +167,15 @@ class RunFolder:
             remove_empty(self.out, self.created)
 
 
-def resume_hint(args, device, ckpt_path: Path) -> str:
+def resume_hint(args, device, ckpt_path: Path, processes: int = 1) -> str:
     """The command that continues this run, with the flags it cannot take from the checkpoint
-    (`common.place_words`: ``--data-dir``, ``--trust-data``, ``--device``)."""
-    words = ["python", "scripts/train.py", "--resume", str(ckpt_path),
-             *place_words(args.data_dir, args.trust_data, device.name)]
+    (`common.place_words`: ``--data-dir``, ``--trust-data``, ``--device``); under ``mpiexec -n N``
+    when ``processes`` is N > 1 (a resume is exact on as many processes as wrote the checkpoint),
+    with ``--device cuda`` rather than rank 0's own GPU."""
+    launcher = ["mpiexec", "-n", str(processes), "python", "-m", "mpi4py"] if processes > 1 else ["python"]
+    name = "cuda" if processes > 1 and device.name.startswith("cuda") else device.name
+    words = [*launcher, "scripts/train.py", "--resume", str(ckpt_path),
+             *place_words(args.data_dir, args.trust_data, name)]
     return " ".join(shlex.quote(w) for w in words)
 
 

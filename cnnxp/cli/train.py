@@ -165,7 +165,7 @@ def _train_main(argv, holder: dict) -> int:
             args = train_parser().parse_args(argv)
             if args.show_recipe:
                 return show_recipe(args)
-            comm = holder["comm"] = parallel.start(args, PROG)
+            comm = parallel.start(args, holder)
             stop = StopSignals(comm)
             stop.install()
             checkpoint, config, device, train_data, test_data = _prepare(args, comm, folders)
@@ -202,12 +202,18 @@ def _prepare(args, comm, folders: RunFolder):
         if checkpoint is not None:
             args.resume = str(checkpoint.path)  # a run folder given for --resume: its checkpoint.npz
         config = resumed_config(checkpoint, args) if checkpoint is not None else None
+        args.device = parallel.local_device(args.device, comm)
         device = find_device(args.device)
         dataset, train_data, test_data = load_data(config["dataset"] if config else args.dataset, args.data_dir,
                                                    PROG, args.trust_data)
         if config is None:  # the recipe follows the dataset actually used (the sample, when MNIST cannot be had)
             config = new_config(args, dataset)
         with_commands(config, checkpoint, args, device.name)
+    except UsageError as exc:
+        error = exc
+    same = parallel.fingerprint(config, train_data, test_data) if error is None and comm.size > 1 else None
+    parallel.agree(comm, error, same=same)  # every process read alike, or every one stops here
+    try:
         if comm.rank == 0:
             _make_folder(args, checkpoint, config, folders)
     except UsageError as exc:
@@ -243,7 +249,7 @@ def _train(args, config, checkpoint, device, folders: RunFolder, train_data, tes
             remove_temporaries(folders.out)  # those of a write the signal cut short
             if last.arrays is None:
                 folders.close(remove=True)  # the folders this run made, if nothing went into them yet
-            interrupted(last, PROG, resume_hint(args, device, last.path), args.resume, stop.word(exc))
+            interrupted(last, PROG, resume_hint(args, device, last.path, comm.size), args.resume, stop.word(exc))
         return stop.status(exc)
     except DivergedError as exc:
         stop.stopping()

@@ -54,9 +54,14 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 sys.path.insert(0, os.path.dirname(_HERE))
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage block
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--models", default="seed,lenet5", help="comma-separated: seed, lenet5")
     p.add_argument("--batch-sizes", default=None,
@@ -109,6 +114,8 @@ def parse_args(argv=None):
         folder = os.path.dirname(os.path.abspath(args.json))
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
             p.error(f"--json {args.json!r}: cannot write into {folder!r}")
+        if os.path.isdir(args.json):
+            p.error(f"--json {args.json!r} is a folder: give a file name")
     if args.quick:
         args.rounds, args.warmup, args.round_seconds, args.loop_images, args.pause = 3, 1, 0.2, 100, 0.1
     _check_ranks(args)
@@ -764,10 +771,13 @@ def print_table(rows, meta) -> None:
 
 
 if __name__ == "__main__":
-    if ARGS.ranks is not None:  # the data-parallel benchmark: scripts/benchmark_ranks.py
-        sys.exit(load_ranks().main(ARGS))
     try:
+        if ARGS.ranks is not None:  # the data-parallel benchmark: scripts/benchmark_ranks.py
+            sys.exit(load_ranks().main(ARGS))
         sys.exit(main(ARGS))
     except RuntimeError as exc:  # a worker failed: its traceback, if any, is above
         print(f"benchmark.py: {exc}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print("benchmark.py: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -62,14 +62,20 @@ EPOCH_CONFIGS = ("train-mpi", "train-Nt", "torch-Nt")
 
 def check(args) -> str | None:
     """What is wrong with the arguments of a ``--ranks`` run (one line), or None."""
-    if not (isinstance(args.ranks, int) and args.ranks >= 1):
-        return f"--ranks takes an integer >= 1, got {args.ranks}"
+    if not (isinstance(args.ranks, int) and args.ranks >= 2):
+        return f"--ranks takes an integer >= 2 (processes to compare with one), got {args.ranks}"
     if args.repeats < 1:
         return f"--repeats takes an integer >= 1, got {args.repeats}"
     odd = [b for b in args.batch_sizes.split(",") if int(b) % args.ranks]
     if odd:
         return (f"--batch-sizes {','.join(odd)} cannot be split evenly among --ranks {args.ranks} processes: "
                 f"give multiples of {args.ranks}")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if args.ranks > cores:
+        return (f"--ranks {args.ranks} is more than this machine's {cores} cores: the timings would measure "
+                f"processes waiting for a core; give at most {cores}")
+    if args.json is not None and os.path.isdir(args.json):
+        return f"--json {args.json!r} is a folder: give a file name"
     return None
 
 
@@ -106,7 +112,8 @@ def parse_args(argv=None):
                                ("--round-seconds", args.round_seconds, 0)):
         if not least <= value < math.inf:
             p.error(f"{flag} takes a number >= {least}, got {value}")
-    if args.json and not os.access(os.path.dirname(os.path.abspath(args.json)), os.W_OK):
+    folder = os.path.dirname(os.path.abspath(args.json or "."))
+    if args.json and not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
         p.error(f"--json {args.json!r}: cannot write into {os.path.dirname(os.path.abspath(args.json))!r}")
     problem = check(args)
     if problem:
@@ -159,8 +166,6 @@ def probe_torch() -> dict:
 def available(args) -> dict:
     """What each launcher needs, found or not; one line for each thing that is missing."""
     found = {"mpiexec": find_mpiexec(), "torch": None, "gloo": False}
-    if found["mpiexec"] is None:
-        say("mpi4py or mpiexec is not installed (pip install 'cnnxp[mpi]'): skipping the mpiexec rows")
     if args.no_torch:
         say("--no-torch: skipping the PyTorch rows")
         return found
@@ -214,18 +219,15 @@ def launch(cmd: list[str], env: dict, timeout: float) -> tuple[str | None, float
     """Run ``cmd`` in a session of its own; returns (None or one line saying what went wrong, seconds)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
-                            start_new_session=True)
+                            start_new_session=True)  # the whole group can be ended: a launcher and its processes
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 15)):  # a launcher passes SIGTERM on
-            try:
-                os.killpg(proc.pid, sig)
-                out, err = proc.communicate(timeout=grace)
-                break
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                continue
+        end_group(proc)
         return f"timed out after {timeout:.0f} s", time.perf_counter() - start
+    except BaseException:  # Ctrl-C (its session of its own does not get the terminal's signal): nothing left running
+        end_group(proc)
+        raise
     seconds = time.perf_counter() - start
     if proc.returncode == 0:
         return None, seconds
@@ -233,6 +235,17 @@ def launch(cmd: list[str], env: dict, timeout: float) -> tuple[str | None, float
     ours = [line for line in lines if line.startswith("benchmark worker")]
     said = (ours or lines or ["no output"])[-1]
     return f"exit status {proc.returncode}: {said}", seconds
+
+
+def end_group(proc: subprocess.Popen) -> None:
+    """End ``proc``'s session (a launcher passes SIGTERM on to its processes; SIGKILL if that is not enough)."""
+    for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 15)):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.communicate(timeout=grace)
+            return
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            continue
 
 
 def launch_timeout(args, cells: int) -> float:
@@ -447,6 +460,10 @@ def main(args) -> int:
         return 2
     import numpy as np
 
+    if find_mpiexec() is None:  # the N-process rows are what --ranks is for
+        print(f"benchmark.py: error: --ranks {args.ranks} needs mpi4py and mpiexec: pip install 'cnnxp[mpi]'",
+              file=sys.stderr)
+        return 2
     found = available(args)
     meta = {"ranks": args.ranks, "cores": os.cpu_count(), "python": sys.version.split()[0], "numpy": np.__version__,
             "torch": found["torch"], "mpiexec": found["mpiexec"], "rounds": args.rounds, "warmup": args.warmup,
@@ -455,7 +472,7 @@ def main(args) -> int:
             "configurations": configurations(args.ranks)}
     print(f"{args.ranks} ranks on {meta['cores']} cores, numpy {meta['numpy']}, torch {meta['torch']}, "
           f"mpiexec {meta['mpiexec']}, load average {meta['load_before']}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="cnnxp-ranks-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"cnnxp-ranks-{os.getpid()}-") as tmp:  # named for whoever looks
         launches, failures = run_steps(args, found, tmp)
         meta["load_after"] = load_average()
         rows = summarise(args, launches)
@@ -764,4 +781,8 @@ if __name__ == "__main__":
         sys.exit(worker(ARGS._worker))
     if ARGS._epoch_worker:
         sys.exit(torch_epoch(ARGS._epoch_worker))
-    sys.exit(main(ARGS))
+    try:
+        sys.exit(main(ARGS))
+    except KeyboardInterrupt:
+        print("benchmark_ranks.py: interrupted", file=sys.stderr)
+        sys.exit(130)

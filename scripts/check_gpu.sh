@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One GPU check: the CUDA tests (pytest -m cuda: tests/test_cuda.py and the backend matrix's CuPy
-# entries), then scripts/gpu_benchmark.py (LeNet-5 and the fashion preset, batch 256 and 1024: cnnxp
+# One GPU check: the CUDA tests (pytest -m cuda: tests/test_cuda.py, the backend matrix's CuPy
+# entries, and tests/test_distributed.py's GPU cases: NCCL with one process, two processes sharing
+# cuda:0 through MPI, which need mpi4py and mpiexec), then scripts/gpu_benchmark.py (LeNet-5 and the fashion preset, batch 256 and 1024: cnnxp
 # on CuPy against PyTorch CUDA and cnnxp on the CPU, TF32 off), then a short summary.
 #
 #   scripts/check_gpu.sh            # results under $OUT (default /tmp/cnnxp-gpu): at most 6 files
@@ -28,6 +29,7 @@ trap 'rm -f "$setup_error"' EXIT
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/cnnxp-site .whl/*.whl || exit 2
     export PYTHONPATH="/tmp/cnnxp-site${PYTHONPATH:+:$PYTHONPATH}"
+    export PATH="/tmp/cnnxp-site/bin:$PATH"  # MPICH's wheel brings mpiexec
 fi
 if ! "$PY" -c "import array_api_compat" 2>"$setup_error"; then
     cp "$setup_error" "$OUT/setup-error.txt"
@@ -57,7 +59,7 @@ PY
 
 echo "== CUDA tests (pytest -m cuda)"
 start=$SECONDS
-timeout "${TESTS_TIMEOUT:-360}" "$PY" -m pytest -q -p no:cacheprovider -m cuda tests 2>&1 | tee "$OUT/pytest-cuda.txt"
+timeout "${TESTS_TIMEOUT:-360}" "$PY" -m pytest -q -rs -p no:cacheprovider -m cuda tests 2>&1 | tee "$OUT/pytest-cuda.txt"
 tests_status=${PIPESTATUS[0]}
 tests_seconds=$((SECONDS - start))
 
@@ -79,6 +81,7 @@ bench_seconds=$((SECONDS - start))
         "$(grep -E '[0-9]+ (passed|failed|errors?|skipped|deselected)|no tests ran' "$OUT/pytest-cuda.txt" | tail -n 1)"
     printf '%-12s %-8s %5ss  %s\n' "benchmark" "$bench_status" "$bench_seconds" \
         "$(grep -E '^total [0-9]+ s' "$OUT/gpu-benchmark.txt" | tail -n 1)"
+    grep -E "^SKIPPED" "$OUT/pytest-cuda.txt" | sort | uniq -c | head -n 5
     [ "$tests_status" -eq 124 ] && echo "the CUDA tests ran out of time (TESTS_TIMEOUT=${TESTS_TIMEOUT:-360})"
     [ "$bench_status" -eq 124 ] && echo "the benchmark ran out of time (BENCH_TIMEOUT=$bench_timeout)"
     sed -n '/^== results/,/^operations per step/p' "$OUT/gpu-benchmark.txt"

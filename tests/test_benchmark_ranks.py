@@ -7,8 +7,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ SCRIPT = ROOT / "scripts" / "benchmark.py"
 MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
 HAVE_MPI = MPIEXEC is not None and importlib.util.find_spec("mpi4py") is not None
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _env() -> dict:
@@ -30,9 +33,7 @@ def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 
 def _expected() -> list[str]:
-    names = ["cnnxp-1t", "cnnxp-Nt"]
-    if HAVE_MPI:
-        names.append("cnnxp-mpi")
+    names = ["cnnxp-1t", "cnnxp-Nt", "cnnxp-mpi"]
     if HAVE_TORCH:
         import torch.distributed as dist
 
@@ -40,6 +41,7 @@ def _expected() -> list[str]:
     return names
 
 
+@pytest.mark.skipif(not HAVE_MPI, reason="mpi4py and mpiexec are not installed (pip install 'cnnxp[mpi]')")
 def test_every_configuration_is_timed_and_the_json_holds_every_round(tmp_path):
     out = tmp_path / "ranks.json"
     done = _run("--ranks", "2", "--models", "seed", "--batch-sizes", "8", "--rounds", "1", "--round-seconds", "0.05",
@@ -75,7 +77,13 @@ def test_every_configuration_is_timed_and_the_json_holds_every_round(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (("--ranks", "0"), "--ranks takes an integer >= 1, got 0"),
+    (("--ranks", "0"), "--ranks takes an integer >= 2 (processes to compare with one), got 0"),
+    (("--ranks", "1"), "--ranks takes an integer >= 2 (processes to compare with one), got 1"),
+    (("--ranks", "x"), "argument --ranks: invalid int value: 'x'"),
+    (("--rounds", "1.5"), "argument --rounds: invalid int value: '1.5'"),
+    (("--ranks", str(CORES + 1), "--batch-sizes", str(8 * (CORES + 1))),
+     f"--ranks {CORES + 1} is more than this machine's {CORES} cores: the timings would measure processes waiting "
+     f"for a core; give at most {CORES}"),
     (("--ranks", "2", "--batch-sizes", "64,63"),
      "--batch-sizes 63 cannot be split evenly among --ranks 2 processes: give multiples of 2"),
     (("--ranks", "2", "--repeats", "0"), "--repeats takes an integer >= 1, got 0"),
@@ -96,3 +104,51 @@ def test_the_file_runs_on_its_own_and_refuses_in_one_line():
     assert done.stderr.strip().splitlines() == [
         "benchmark_ranks.py: error: --batch-sizes 64,256 cannot be split evenly among --ranks 3 processes: "
         "give multiples of 3"]
+
+
+def test_a_json_that_names_a_folder_is_refused_before_timing(tmp_path):
+    done = _run("--ranks", "2", "--json", str(tmp_path), timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"benchmark.py: error: --json {str(tmp_path)!r} is a folder: give a "
+                                                "file name"]
+
+
+def test_without_mpiexec_ranks_is_refused_in_one_line(monkeypatch, capsys):
+    spec = importlib.util.spec_from_file_location("benchmark_ranks_t", ROOT / "scripts" / "benchmark_ranks.py")
+    ranks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ranks)
+    monkeypatch.setattr(ranks, "find_mpiexec", lambda: None)
+    args = ranks.parse_args(["--ranks", "2", "--no-torch"])
+    assert ranks.main(args) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "benchmark.py: error: --ranks 2 needs mpi4py and mpiexec: pip install 'cnnxp[mpi]'"]
+
+
+def _workers_of(parent: int) -> list[int]:
+    """The benchmark workers started by process ``parent``'s launches (found by their command line)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--_worker" in cmd and any(f"cnnxp-ranks-{parent}-".encode() in part for part in cmd):
+            found.append(int(pid))
+    return found
+
+
+@pytest.mark.skipif(not HAVE_MPI or not os.path.isdir("/proc"), reason="needs mpiexec and /proc")
+def test_ctrl_c_ends_the_benchmark_and_every_process_it_started(tmp_path):
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--ranks", "2", "--no-torch", "--models", "lenet5",
+                             "--batch-sizes", "64", "--rounds", "40", "--warmup", "0", "--repeats", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
+    deadline = time.monotonic() + 60
+    while not _workers_of(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _workers_of(proc.pid), "no worker started"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1] == "benchmark.py: interrupted" and "Traceback" not in err
+    time.sleep(0.5)
+    assert _workers_of(proc.pid) == []

@@ -41,10 +41,10 @@ def mpirun(*args, ranks=2, timeout=120, **env) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout, env=_env(**env), cwd=ROOT)
 
 
-def run_job(tmp_path, job: dict, ranks: int) -> list[dict]:
-    """The worker's results, one dict per rank (a plain process for ranks=1)."""
-    out = tmp_path / f"job{ranks}"
-    if ranks == 1:
+def run_job(tmp_path, job: dict, ranks: int, launcher: bool = False) -> list[dict]:
+    """The worker's results, one dict per rank (a plain process for ranks=1 unless ``launcher``)."""
+    out = tmp_path / f"job{ranks}{'-mpiexec' if launcher else ''}"
+    if ranks == 1 and not launcher:
         done = subprocess.run([sys.executable, str(WORKER), json.dumps(job), str(out)], capture_output=True,
                               text=True, timeout=120, env=_env(), cwd=ROOT)
     else:
@@ -256,3 +256,59 @@ def test_without_mpi_one_process_trains_and_asking_for_more_says_what_to_install
     plain = subprocess.run([sys.executable, "-c", "import sys, cnnxp; print('mpi4py' in sys.modules)"],
                            capture_output=True, text=True, timeout=60, env=_env(), cwd=ROOT)
     assert plain.stdout.strip() == "False"  # import cnnxp never starts MPI
+
+
+def test_every_dtype_is_summed_and_broadcast_on_the_host(tmp_path):
+    """The collectives the GPU tests below check on CuPy arrays, here on NumPy ones over MPI."""
+    job = {"model": "lenet5", "optimizer": "sgd", "dtype": "float32", "samples": 64, "batch": 64, "epochs": 1,
+           "collectives": True}
+    first, second = run_job(tmp_path, job, 2)
+    for dtype in ("float32", "float64", "int32", "int64"):
+        for got in (first, second):
+            np.testing.assert_array_equal(got[f"allreduce/{dtype}"], got[f"expected/{dtype}"])
+            np.testing.assert_array_equal(got[f"broadcast/{dtype}"], np.full(1000, 7, dtype))
+            assert got[f"allreduce/{dtype}"].dtype == np.dtype(dtype)
+
+
+# -- on a GPU (pytest -m cuda; scripts/check_gpu.sh runs them where a GPU is lent) ---------------------
+
+
+def _gpu():
+    from cnnxp.backend import cuda_available
+
+    if not cuda_available():
+        pytest.skip("CuPy with a CUDA GPU is not available on this machine")
+
+
+@pytest.mark.cuda
+def test_nccl_with_one_process_sums_broadcasts_and_trains_as_one_process(tmp_path):
+    """NCCL's bootstrap (its id broadcast over MPI), every dtype it is given, on a stream of its own;
+    and training through it (the optimizer wrapped even alone) as one process trains."""
+    _gpu()
+    job = {"model": "lenet5", "optimizer": "sgd", "dtype": "float32", "samples": 230, "batch": 64, "epochs": 1,
+           "device": "cuda"}
+    (one,) = run_job(tmp_path, job, 1)
+    (nccl,) = run_job(tmp_path, {**job, "backend": "nccl", "wrap": True, "collectives": True}, 1, launcher=True)
+    for dtype in ("float32", "float64", "int32", "int64"):
+        np.testing.assert_array_equal(nccl[f"allreduce/{dtype}"], nccl[f"expected/{dtype}"])
+        np.testing.assert_array_equal(nccl[f"broadcast/{dtype}"], np.full(1000, 7, dtype))
+    assert max_rel(one, nccl) < 1e-5
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_two_processes_sharing_one_gpu_train_the_weights_of_one(tmp_path, dtype):
+    """Two processes on cuda:0, their CuPy gradients summed by MPI through the host (the path of any
+    MPI that does not read GPU memory), against one process on the GPU."""
+    _gpu()
+    job = {"model": "fashion", "optimizer": "adam", "dtype": dtype, "samples": 230, "batch": 64, "epochs": 1,
+           "device": "cuda:0", "augment": True, "collectives": True}
+    (one,) = run_job(tmp_path, {**job, "collectives": False}, 1)
+    first, second = run_job(tmp_path, job, 2)
+    for dtype_ in ("float32", "float64", "int32", "int64"):
+        np.testing.assert_array_equal(first[f"allreduce/{dtype_}"], first[f"expected/{dtype_}"])
+        np.testing.assert_array_equal(second[f"broadcast/{dtype_}"], np.full(1000, 7, dtype_))
+    assert max_rel(one, first) < (1e-12 if dtype == "float64" else 1e-5)
+    for key in first:
+        np.testing.assert_array_equal(first[key], second[key], err_msg=key)
+    np.testing.assert_array_equal(first["confusion"], one["confusion"])

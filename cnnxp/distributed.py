@@ -33,15 +33,17 @@ import numpy as np  # host side: staging buffers and the small counts every step
 from .backend import array_device, to_device, to_numpy
 
 __all__ = ["launched", "init", "SingleProcess", "MPICommunicator", "NCCLCommunicator", "DistributedOptimizer",
-           "DistributedUnavailableError", "STOP_KINDS", "agreed_stop", "request_stop", "stop_requested",
-           "limit_threads", "local_device"]
+           "DistributedUnavailableError", "STOP_KINDS", "STOP_GRACE", "agreed_stop", "agree_on_stop", "request_stop",
+           "requested_stop", "stop_requested", "limit_threads", "local_device"]
 
 #: Variables an MPI launcher sets in every process it starts (MPICH/Hydra, Open MPI, PMIx).
 LAUNCHER_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
-#: How a process was asked to stop, and how all of them agreed to (``"interrupt"``: Ctrl-C,
-#: ``"terminate"``: SIGTERM, which wins when both were asked for).
-STOP_KINDS = ("interrupt", "terminate")
-_stop: dict[str, str | None] = {"requested": None, "agreed": None}
+#: How a process was asked to stop, and how all of them agreed to, in rising precedence
+#: (``"interrupt"``: Ctrl-C; ``"terminate"``: SIGTERM; ``"fail"``: rank 0 could not write a file).
+STOP_KINDS = ("interrupt", "terminate", "fail")
+#: Seconds a process waits for the others once it was asked to stop, before it ends the job.
+STOP_GRACE = 10.0
+_stop: dict = {"requested": None, "agreed": None, "at": None}
 
 
 class DistributedUnavailableError(RuntimeError):
@@ -65,20 +67,36 @@ def launcher_rank() -> int | None:
 
 def request_stop(kind: str = "interrupt") -> None:
     """Ask every process to stop after the current step (a signal handler calls this); ``kind`` (one
-    of `STOP_KINDS`) travels with the request, so every process ends as the one that was signalled."""
+    of `STOP_KINDS`) travels with the request, so every process ends as the one that was signalled.
+    A process that then waits for the others more than `STOP_GRACE` seconds ends the job."""
     if kind not in STOP_KINDS:
         raise ValueError(f"request_stop kind must be one of {STOP_KINDS}, got {kind!r}")
-    if _stop["requested"] != "terminate":
+    if _stop["requested"] is None or STOP_KINDS.index(kind) > STOP_KINDS.index(_stop["requested"]):
         _stop["requested"] = kind
+    _stop["at"] = _stop["at"] or time.monotonic()
 
 
 def stop_requested() -> bool:
     return _stop["requested"] is not None
 
 
+def requested_stop() -> str | None:
+    """The kind of stop this process was asked for (None: none)."""
+    return _stop["requested"]
+
+
 def agreed_stop() -> str | None:
     """How the processes agreed to stop at the step that raised KeyboardInterrupt (None before)."""
     return _stop["agreed"]
+
+
+def agree_on_stop(flags) -> str | None:
+    """The kind of stop that wins among ``flags`` (per `STOP_KINDS`, how many processes asked for
+    each), recorded as `agreed_stop`; None when none was asked for."""
+    asked = [kind for kind, count in zip(STOP_KINDS, flags, strict=True) if count]
+    if asked:
+        _stop["agreed"] = asked[-1]
+    return asked[-1] if asked else None
 
 
 def rank_timeout() -> float:
@@ -170,10 +188,12 @@ class MPICommunicator:
         deadline, spin = start + self.timeout, start + 0.02
         while not request.Test():
             now = time.monotonic()
-            if now > deadline:
-                print(f"cnnxp: rank {self.rank}: no answer from the other ranks in {what} for {self.timeout:g} s "
+            asked = _stop["at"]
+            if now > deadline or (asked is not None and now > max(asked, start) + STOP_GRACE):
+                waited = f"{self.timeout:g} s" if now > deadline else f"{STOP_GRACE:g} s after the stop was asked for"
+                print(f"cnnxp: rank {self.rank}: no answer from the other ranks in {what} for {waited} "
                       "(one stalled or died): ending the job", file=sys.stderr, flush=True)
-                self.abort(1)
+                self.abort(1 if now > deadline else {"terminate": 143, "fail": 1}.get(_stop["requested"], 130))
             if now > spin:
                 time.sleep(1e-3)
 
@@ -199,10 +219,12 @@ class MPICommunicator:
 
     def bcast(self, obj, root: int = 0):
         """A Python object from ``root`` (small things: a run folder's name, a message)."""
+        self._wait(self.comm.Ibarrier(), "an exchange of objects")  # all here: the blocking call cannot hang
         return self.comm.bcast(obj, root=root)
 
     def allgather(self, obj) -> list:
         """Every process's ``obj``, in rank order."""
+        self._wait(self.comm.Ibarrier(), "an exchange of objects")
         return self.comm.allgather(obj)
 
     def barrier(self) -> None:
@@ -333,23 +355,23 @@ class DistributedOptimizer:
         goes in an allreduce of its own, so that nothing is read back from it)."""
         n = self.model.last_batch_size
         asked = [int(_stop["requested"] == kind) for kind in STOP_KINDS]
+        extra = 1 + len(asked)
         opt = self.optimizer
         with self.model.device.activate():
             grad = opt.flat_grads()
             if isinstance(grad, np.ndarray):  # one buffer, kept: no allocation, no extra pass
                 send = self._send
-                if send is None or send.shape[0] != grad.shape[0] + 3 or send.dtype != grad.dtype:
-                    send = self._send = np.empty(grad.shape[0] + 3, dtype=grad.dtype)
-                np.multiply(grad, n, out=send[:-3])
-                send[-3:] = (n, *asked)
+                if send is None or send.shape[0] != grad.shape[0] + extra or send.dtype != grad.dtype:
+                    send = self._send = np.empty(grad.shape[0] + extra, dtype=grad.dtype)
+                np.multiply(grad, n, out=send[:-extra])
+                send[-extra:] = (n, *asked)
                 summed = self.comm.allreduce(send)
-                total, stops, grad = int(summed[-3]), summed[-2:], summed[:-3]
+                total, stops, grad = int(summed[-extra]), summed[1 - extra:], summed[:-extra]
             else:
                 counts = self.comm.allreduce(np.array([n, *asked], dtype=np.int64))
                 total, stops = int(counts[0]), counts[1:]
                 grad = self.comm.allreduce(grad * n)
-            if any(stops):  # some process was asked to stop: all stop here, before updating, alike
-                _stop["agreed"] = STOP_KINDS[1] if stops[1] else STOP_KINDS[0]
+            if agree_on_stop(stops):  # some process was asked to stop: all stop here, before updating, alike
                 raise KeyboardInterrupt
             if isinstance(grad, np.ndarray):
                 np.divide(grad, total, out=grad)  # a view of the kept buffer: nothing holds it past apply

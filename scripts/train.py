@@ -9,7 +9,9 @@ _here = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
 sys.path.insert(0, os.path.dirname(_here))
 
-from cnnxp.cli import train_main  # noqa: E402
-
 if __name__ == "__main__":
+    try:
+        from cnnxp.cli import train_main
+    except KeyboardInterrupt:  # Ctrl-C while Python loads: nothing started, nothing to say
+        sys.exit(130)
     sys.exit(train_main())

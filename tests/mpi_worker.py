@@ -39,6 +39,8 @@ def main(job: dict, out: str, comm) -> None:
     loader = DataLoader(x, y, job["batch"], seed=seed, augment=augment, comm=comm, device=device)
     test_loader = DataLoader(xt, yt, 64, shuffle=False, comm=comm, device=device)
     checked = collectives(comm, model.device) if job.get("collectives") else {}
+    if job.get("fault") == "stall_before" and comm.rank == 1:
+        time.sleep(3600)  # before the optimizer is wrapped: the others wait in its exchange of objects
     if comm.size > 1 or job.get("wrap"):  # "wrap": through the communicator even alone (NCCL with one process)
         opt = distributed.DistributedOptimizer(opt, comm, local_batchnorm=job.get("local_batchnorm", False))
     fault = job.get("fault")

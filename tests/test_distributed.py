@@ -7,6 +7,7 @@ mpi4py or mpiexec is missing; `.ci/run` installs the ``mpi`` extra.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -212,7 +213,7 @@ def test_help_is_printed_once(tmp_path):
     assert done.returncode == 0 and done.stdout.count("usage: train.py") == 1
 
 
-@pytest.mark.parametrize("fault", ["raise", "stall"])
+@pytest.mark.parametrize("fault", ["raise", "stall", "stall_before"])
 def test_a_failing_or_stalled_process_ends_the_job_within_seconds(tmp_path, fault):
     job = {"model": "lenet5", "optimizer": "sgd", "dtype": "float32", "samples": 230, "batch": 64, "epochs": 2,
            "fault": fault}
@@ -224,7 +225,8 @@ def test_a_failing_or_stalled_process_ends_the_job_within_seconds(tmp_path, faul
     if fault == "raise":
         assert "rank 1 fails on purpose" in said
     else:
-        assert "no answer from the other ranks in an allreduce for 3 s (one stalled or died): ending the job" in said
+        what = "an exchange of objects" if fault == "stall_before" else "an allreduce"
+        assert f"no answer from the other ranks in {what} for 3 s (one stalled or died): ending the job" in said
 
 
 def test_ctrl_c_stops_both_processes_after_the_same_step(tmp_path):
@@ -312,3 +314,68 @@ def test_two_processes_sharing_one_gpu_train_the_weights_of_one(tmp_path, dtype)
     for key in first:
         np.testing.assert_array_equal(first[key], second[key], err_msg=key)
     np.testing.assert_array_equal(first["confusion"], one["confusion"])
+
+
+def _rank_pid(marker: str, rank: int) -> int | None:
+    """The process of ``rank`` whose command line holds ``marker`` (its launcher's environment says its rank)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker.encode() in cmd and b"mpi4py" in cmd and f"PMI_RANK={rank}".encode() in env:
+            return int(pid)
+    return None
+
+
+def _start_train(tmp_path, epochs: int = 30, **env):
+    args = [MPIEXEC, "-n", "2", sys.executable, "-m", "mpi4py", *map(str, _train_args(tmp_path / "run"))]
+    args[args.index("--epochs") + 1] = str(epochs)
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(**env), cwd=ROOT)
+
+
+def _wait_for_file(path: Path, proc, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert path.exists(), proc.communicate(timeout=30)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the ranks' processes in /proc")
+def test_ctrl_c_while_a_process_is_stalled_ends_the_job_after_the_grace(tmp_path):
+    """The rank timeout is long (300 s by default); a signal shortens the wait to STOP_GRACE seconds."""
+    from cnnxp.distributed import STOP_GRACE
+
+    proc = _start_train(tmp_path)
+    _wait_for_file(tmp_path / "run" / "checkpoint.npz", proc)
+    stalled = _rank_pid(str(tmp_path / "run"), 1)
+    assert stalled is not None
+    os.kill(stalled, signal.SIGSTOP)
+    try:
+        time.sleep(0.5)
+        start = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=STOP_GRACE + 40)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stalled, signal.SIGKILL)
+    assert proc.returncode != 0
+    assert STOP_GRACE - 1 < time.monotonic() - start < STOP_GRACE + 30
+    assert (f"no answer from the other ranks in an allreduce for {STOP_GRACE:g} s after the stop was asked for "
+            "(one stalled or died): ending the job") in err
+
+
+def test_a_checkpoint_that_cannot_be_written_ends_both_processes_with_one_line(tmp_path):
+    """Rank 0 alone writes; the others learn of its failure at the next step and all end with 1, MPI
+    finalised (no launcher's abort line)."""
+    proc = _start_train(tmp_path)
+    checkpoint = tmp_path / "run" / "checkpoint.npz"
+    _wait_for_file(checkpoint, proc)
+    checkpoint.unlink()
+    checkpoint.mkdir()  # epoch 2's checkpoint cannot replace a folder
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    lines = _error_lines(subprocess.CompletedProcess([], 1, out, err))
+    assert len(lines) == 1 and lines[0].startswith(
+        f"train.py: error: cannot write the checkpoint of epoch 2 to {str(checkpoint)!r}: Is a directory"), lines

@@ -191,6 +191,7 @@ class LastEpoch:
         self.arrays: dict[str, np.ndarray] | None = None
         self.epoch = 0
         self.saved = False
+        self.failure: str | None = None  # with several processes: rank 0's failed write, said when all stop
 
     def keep(self, arrays: dict[str, np.ndarray], epoch: int, saved: bool = False) -> None:
         self.arrays, self.epoch, self.saved = arrays, epoch, saved

@@ -174,23 +174,30 @@ def _train_main(argv, holder: dict) -> int:
         except KeyboardInterrupt as exc:
             folders.close(remove=True)
             note(PROG, f"{stop.word(exc) if stop else 'interrupted'} before training started: nothing was written")
-            return stop.status(exc) if stop else 130
+            status = stop.status(exc) if stop else 130
+            if comm.size > 1:  # the others may be waiting in a collective this process will never join
+                comm.abort(status)
+            return status
         return _train(args, config, checkpoint, device, folders, train_data, test_data, comm, stop)
     except UsageError as exc:
         folders.close(remove=True)
         note(PROG, f"error: {exc}")
         return 2
-    except RunError as exc:
-        return parallel.fail(comm, PROG, f"error: {exc}")
     except BrokenPipeError:
         raise
-    except OSError as exc:  # a picture or the last checkpoint that cannot be written
-        where = f"cannot write {exc.filename!r}: {exc.strerror}" if exc.filename else one_line(exc)
-        return parallel.fail(comm, PROG, f"error: {where}")
+    except (RunError, OSError) as exc:  # a picture or the last checkpoint that cannot be written
+        return parallel.fail(comm, PROG, f"error: {_failure(exc)}")
     finally:
         folders.close()
         if stop is not None:
             stop.restore()
+
+
+def _failure(exc: Exception) -> str:
+    """A failed write (RunError, or an OSError of a picture or the last files) in one line."""
+    if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
+        return f"cannot write {exc.filename!r}: {exc.strerror}" if exc.filename else one_line(exc)
+    return str(exc)
 
 
 def _prepare(args, comm, folders: RunFolder):
@@ -245,6 +252,11 @@ def _train(args, config, checkpoint, device, folders: RunFolder, train_data, tes
             return _run(args, config, checkpoint, device, folders.out, train_data, test_data, last, comm, stop)
     except KeyboardInterrupt as exc:
         stop.stopping()
+        if distributed.agreed_stop() == "fail":  # rank 0 could not write an epoch's files: all stop, status 1
+            if comm.rank == 0:
+                remove_temporaries(folders.out)
+                note(PROG, f"error: {last.failure}")
+            return 1
         if comm.rank == 0:
             remove_temporaries(folders.out)  # those of a write the signal cut short
             if last.arrays is None:
@@ -258,6 +270,7 @@ def _train(args, config, checkpoint, device, folders: RunFolder, train_data, tes
                 folders.close(remove=True)
             note(PROG, f"error: {diverged(exc, last, args.resume, config)}")
         return 1
+
 
 
 def _run(args, config, checkpoint, device, out: Path, train_data, test_data, last: LastEpoch, comm, stop) -> int:
@@ -278,8 +291,20 @@ def _run(args, config, checkpoint, device, out: Path, train_data, test_data, las
     epochs_before = len(run.history)
     _train_epochs(run, args.quiet, last)
     result = evaluate(run.model, run.test_loader, return_predictions=True)
-    if comm.rank != 0:
-        return 0
+    if comm.rank == 0 and last.failure is None:
+        try:
+            _write_results(run, result, names, checkpoint, last, epochs_before, written, plots_ok)
+        except (RunError, OSError) as exc:
+            if comm.size == 1 or isinstance(exc, BrokenPipeError):
+                raise
+            last.failure = _failure(exc)
+    return _end_together(comm, last.failure) if comm.size > 1 else 0
+
+
+def _write_results(run: _Run, result, names, checkpoint, last: LastEpoch, epochs_before: int, written: list[str],
+                   plots_ok: bool) -> None:
+    """Rank 0's last files (metrics, history, the checkpoint if out of date, the pictures), and its report."""
+    config, out = run.config, run.out
     metrics = report.metrics(run, result, names)
     write_json(out / "metrics.json", metrics)
     write_json(out / "history.json", run.history.rows)
@@ -293,7 +318,19 @@ def _run(args, config, checkpoint, device, out: Path, train_data, test_data, las
     print(f"test accuracy {100 * result.accuracy:.2f}% (loss {result.loss:.4f}) after {plural(len(run.history), 'epoch')} "
           f"on {config['dataset']}, {metrics['train_seconds']:.1f} s of training", flush=True)
     print(f"wrote {out}/: {files}", flush=True)
-    return 0
+
+
+def _end_together(comm, failure: str | None) -> int:
+    """Every process waits for rank 0's last files, then all end alike: 1 when rank 0 could not write
+    one (said once, MPI finalised, no abort), 130 or 143 when a signal came after training, else 0."""
+    said = comm.allgather((failure, distributed.requested_stop()))
+    failure = said[0][0]
+    if failure is not None:
+        if comm.rank == 0:
+            note(PROG, f"error: {failure}")
+        return 1
+    kind = distributed.agree_on_stop([sum(asked == kind for _, asked in said) for kind in distributed.STOP_KINDS])
+    return 0 if kind is None else 143 if kind == "terminate" else 130
 
 
 def _earlier_pictures(out: Path) -> list[str]:
@@ -402,19 +439,29 @@ def _save_epoch(run: _Run, last: LastEpoch, history: History) -> None:
     if run.comm.rank != 0:
         last.epoch = epoch
         return
+    if last.failure is not None:  # an earlier epoch's write failed: the processes are stopping
+        return
     on_disk = last.epoch if last.saved else None
     arrays = _arrays(run, epoch)
     with run.stop.deferred():
         try:
-            write_checkpoint(last.path, arrays)
-        except CheckpointError as exc:  # state `fit` found finite, but not all of it: never written
-            raise RunError(one_line(exc)) from None
-        except OSError as exc:
-            kept = f"; the checkpoint of epoch {on_disk} there is intact" if on_disk else ""
-            raise RunError(f"cannot write the checkpoint of epoch {epoch} to {str(last.path)!r}: "
-                           f"{exc.strerror or exc}{kept}") from None
-        last.keep(arrays, epoch, saved=True)
-        write_json(run.out / "history.json", history.rows)
+            try:
+                write_checkpoint(last.path, arrays)
+            except CheckpointError as exc:  # state `fit` found finite, but not all of it: never written
+                raise RunError(one_line(exc)) from None
+            except OSError as exc:
+                kept = f"; the checkpoint of epoch {on_disk} there is intact" if on_disk else ""
+                raise RunError(f"cannot write the checkpoint of epoch {epoch} to {str(last.path)!r}: "
+                               f"{exc.strerror or exc}{kept}") from None
+            last.keep(arrays, epoch, saved=True)
+            write_json(run.out / "history.json", history.rows)
+        except (RunError, OSError) as exc:
+            if run.comm.size == 1 or isinstance(exc, BrokenPipeError):
+                raise
+            # the others are already in the next step: they learn of it there (or at the end) and all stop
+            last.failure = _failure(exc)
+            distributed.request_stop("fail")
+            return
     _remove_stale_pictures(run)
 
 

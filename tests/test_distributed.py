@@ -115,6 +115,7 @@ def test_the_command_line_under_two_processes(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["test_accuracy"] > 0.5
+    assert metrics["command"].startswith("mpiexec -n 2 python -m mpi4py scripts/train.py --dataset mnist-sample ")
     resumed = subprocess.run([sys.executable, str(TRAIN), "--resume", str(tmp_path / "run" / "checkpoint.npz"),
                               "--epochs", "2", "--quiet", "--no-plots"], capture_output=True, text=True, timeout=120,
                              env=_env(), cwd=ROOT)

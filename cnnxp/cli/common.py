@@ -167,12 +167,21 @@ def _checkpoint_file(path: str) -> Path:
     return file.resolve()
 
 
-def place_words(data_dir: str | None, trust_data: bool, device_name: str) -> list[str]:
+def place_words(data_dir: str | None, trust_data: bool, device_name: str, processes: int = 1) -> list[str]:
     """The flags of a command that say where the data is and what runs it (no checkpoint holds them):
-    ``--data-dir`` and ``--trust-data`` when they were given, ``--device`` when it is not the CPU."""
+    ``--data-dir`` and ``--trust-data`` when they were given, ``--device`` when it is not the CPU
+    (``cuda`` for a run of several processes, each of which takes the GPU of its rank on the node)."""
     words = ["--data-dir", data_dir] if data_dir else []
     words += ["--trust-data"] if trust_data else []
+    if processes > 1 and device_name.startswith("cuda"):
+        device_name = "cuda"
     return words + (["--device", device_name] if device_name != "cpu" else [])
+
+
+def launcher_words(processes: int = 1) -> list[str]:
+    """How a command starts: ``python``, or ``mpiexec -n N python -m mpi4py`` for a run of N processes
+    (a run repeats, and a checkpoint resumes, exactly on as many processes as it had)."""
+    return ["mpiexec", "-n", str(processes), "python", "-m", "mpi4py"] if processes > 1 else ["python"]
 
 
 class Parser(argparse.ArgumentParser):

@@ -31,6 +31,7 @@ from .common import (
     UsageError,
     check_saved_config,
     gamma_float,
+    launcher_words,
     non_negative_float,
     note,
     place_words,
@@ -158,25 +159,28 @@ def describe(config: dict[str, Any]) -> str:
             + f"{plural(c['epochs'], 'epoch')}, seed {c['seed']}")
 
 
-def repeat_command(config: dict[str, Any], place: Sequence[str] = ()) -> str:
+def repeat_command(config: dict[str, Any], place: Sequence[str] = (), processes: int = 1) -> str:
     """The command that repeats a new run, every setting given explicitly (recipes may change; this does
-    not), then ``place``, the flags of where its data is and what ran it (`common.place_words`)."""
-    words = ["python", "scripts/train.py", "--dataset", config["dataset"], "--model", config["model"],
+    not), then ``place``, the flags of where its data is and what ran it (`common.place_words`); under
+    ``mpiexec -n N`` for a run of N processes."""
+    words = [*launcher_words(processes), "scripts/train.py", "--dataset", config["dataset"], "--model", config["model"],
              "--seed", str(config["seed"])]
     for name in SETTINGS:
         words += ["--" + name.replace("_", "-"), str(config[name])]
     return " ".join(shlex.quote(w) for w in [*words, *place])
 
 
-def resume_command(folder: Path, out: str | None, epochs: int, place: Sequence[str] = ()) -> str:
+def resume_command(folder: Path, out: str | None, epochs: int, place: Sequence[str] = (), processes: int = 1) -> str:
     """The command of a resumed run that changed ``--epochs``: ``python scripts/train.py --resume FOLDER
-    --epochs N``, with ``--out`` when it wrote elsewhere, and ``place``."""
-    words = ["python", "scripts/train.py", "--resume", str(folder), *(["--out", out] if out else []),
+    --epochs N``, with ``--out`` when it wrote elsewhere, and ``place`` (under ``mpiexec -n N`` for N
+    processes)."""
+    words = [*launcher_words(processes), "scripts/train.py", "--resume", str(folder), *(["--out", out] if out else []),
              "--epochs", str(epochs), *place]
     return " ".join(shlex.quote(w) for w in words)
 
 
-def with_commands(config: dict[str, Any], checkpoint: Checkpoint | None, args, device_name: str) -> None:
+def with_commands(config: dict[str, Any], checkpoint: Checkpoint | None, args, device_name: str,
+                  processes: int = 1) -> None:
     """Add ``commands`` to the configuration: what repeats the run, one command after the other.
 
     A new run's one command is `repeat_command`. A resumed run keeps its checkpoint's list and adds
@@ -184,14 +188,14 @@ def with_commands(config: dict[str, Any], checkpoint: Checkpoint | None, args, d
     of 2 epochs resumed to 3 is not one run of 3 (without a change, the run goes on as its last
     command said, and the list stands). A checkpoint from before ``commands`` starts its list with the
     command of its own configuration."""
-    place = place_words(args.data_dir, args.trust_data, device_name)
+    place = place_words(args.data_dir, args.trust_data, device_name, processes)
     if checkpoint is None:
-        config["commands"] = [repeat_command(config, place)]
+        config["commands"] = [repeat_command(config, place, processes)]
         return
     planned = _planned_epochs(checkpoint)
     commands = list(checkpoint.config.get("commands") or [repeat_command({**config, "epochs": planned})])
     if config["epochs"] != planned:
-        commands.append(resume_command(checkpoint.path.parent, args.out, config["epochs"], place))
+        commands.append(resume_command(checkpoint.path.parent, args.out, config["epochs"], place, processes))
     config["commands"] = commands
 
 

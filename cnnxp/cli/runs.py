@@ -26,7 +26,7 @@ import numpy as np
 
 from .._files import FolderInUseError, FolderLock, describe_holder, lock_folder, temporary_files
 from ..checkpoint import write_checkpoint
-from .common import UsageError, note, place_words, plural
+from .common import UsageError, launcher_words, note, place_words, plural
 
 #: The files only a training run writes into its folder: their temporary files left by a killed
 #: run are removed when the next run takes the folder (`claim_run_folder`) and when a run stops.
@@ -169,13 +169,10 @@ class RunFolder:
 
 def resume_hint(args, device, ckpt_path: Path, processes: int = 1) -> str:
     """The command that continues this run, with the flags it cannot take from the checkpoint
-    (`common.place_words`: ``--data-dir``, ``--trust-data``, ``--device``); under ``mpiexec -n N``
-    when ``processes`` is N > 1 (a resume is exact on as many processes as wrote the checkpoint),
-    with ``--device cuda`` rather than rank 0's own GPU."""
-    launcher = ["mpiexec", "-n", str(processes), "python", "-m", "mpi4py"] if processes > 1 else ["python"]
-    name = "cuda" if processes > 1 and device.name.startswith("cuda") else device.name
-    words = [*launcher, "scripts/train.py", "--resume", str(ckpt_path),
-             *place_words(args.data_dir, args.trust_data, name)]
+    (`common.place_words`: ``--data-dir``, ``--trust-data``, ``--device``), under ``mpiexec -n N``
+    for a run of N processes (`common.launcher_words`)."""
+    words = [*launcher_words(processes), "scripts/train.py", "--resume", str(ckpt_path),
+             *place_words(args.data_dir, args.trust_data, device.name, processes)]
     return " ".join(shlex.quote(w) for w in words)
 
 

@@ -215,7 +215,7 @@ def _prepare(args, comm, folders: RunFolder):
                                                    PROG, args.trust_data)
         if config is None:  # the recipe follows the dataset actually used (the sample, when MNIST cannot be had)
             config = new_config(args, dataset)
-        with_commands(config, checkpoint, args, device.name)
+        with_commands(config, checkpoint, args, device.name, comm.size)
     except UsageError as exc:
         error = exc
     same = parallel.fingerprint(config, train_data, test_data) if error is None and comm.size > 1 else None

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
+import subprocess
 import sys
 import time
 
@@ -34,7 +36,7 @@ from .backend import array_device, to_device, to_numpy
 
 __all__ = ["launched", "init", "SingleProcess", "MPICommunicator", "NCCLCommunicator", "DistributedOptimizer",
            "DistributedUnavailableError", "STOP_KINDS", "STOP_GRACE", "agreed_stop", "agree_on_stop", "request_stop",
-           "requested_stop", "stop_requested", "limit_threads", "local_device"]
+           "requested_stop", "stop_requested", "limit_threads", "local_device", "abort_launched_job"]
 
 #: Variables an MPI launcher sets in every process it starts (MPICH/Hydra, Open MPI, PMIx).
 LAUNCHER_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
@@ -158,6 +160,19 @@ class SingleProcess:
         return code
 
 
+#: `MPICommunicator.exit_together`'s watchdog: after argv[2] seconds, if process argv[1] still runs,
+#: say argv[3] and kill it.
+_WATCHDOG = """import os, signal, sys, time
+time.sleep(float(sys.argv[2]))
+try:
+    os.kill(int(sys.argv[1]), 0)
+except OSError:
+    sys.exit()
+print(sys.argv[3], file=sys.stderr, flush=True)
+os.kill(int(sys.argv[1]), signal.SIGKILL)
+"""
+
+
 class MPICommunicator:
     """Collectives over MPI (mpi4py's ``COMM_WORLD``), each with a deadline.
 
@@ -218,14 +233,27 @@ class MPICommunicator:
         return x if same else to_device(buf, array_device(x))
 
     def bcast(self, obj, root: int = 0):
-        """A Python object from ``root`` (small things: a run folder's name, a message)."""
-        self._wait(self.comm.Ibarrier(), "an exchange of objects")  # all here: the blocking call cannot hang
-        return self.comm.bcast(obj, root=root)
+        """A Python object from ``root`` (small things: a run folder's name, a message), pickled and
+        sent in two non-blocking broadcasts (its length, then its bytes), each with the deadline."""
+        data = _pickled(obj) if self.rank == root else None
+        length = np.array([0 if data is None else data.size], dtype=np.int64)
+        self._wait(self.comm.Ibcast(length, root=root), "an exchange of objects")
+        buf = data if data is not None else np.empty(int(length[0]), dtype=np.uint8)
+        self._wait(self.comm.Ibcast([buf, self.MPI.BYTE], root=root), "an exchange of objects")
+        return obj if self.rank == root else pickle.loads(buf.tobytes())
 
     def allgather(self, obj) -> list:
-        """Every process's ``obj``, in rank order."""
-        self._wait(self.comm.Ibarrier(), "an exchange of objects")
-        return self.comm.allgather(obj)
+        """Every process's ``obj``, in rank order: pickled, the lengths then the bytes gathered by two
+        non-blocking collectives, each with the deadline."""
+        data = _pickled(obj)
+        lengths = np.zeros(self.size, dtype=np.int64)
+        self._wait(self.comm.Iallgather(np.array([data.size], dtype=np.int64), lengths), "an exchange of objects")
+        starts = np.concatenate([[0], np.cumsum(lengths)])
+        buf = np.empty(int(starts[-1]), dtype=np.uint8)
+        counts, displacements = lengths.tolist(), starts[:-1].tolist()
+        self._wait(self.comm.Iallgatherv([data, self.MPI.BYTE], [buf, (counts, displacements), self.MPI.BYTE]),
+                   "an exchange of objects")
+        return [pickle.loads(buf[starts[r]:starts[r + 1]].tobytes()) for r in range(self.size)]
 
     def barrier(self) -> None:
         self._wait(self.comm.Ibarrier(), "a barrier")
@@ -238,12 +266,20 @@ class MPICommunicator:
         self.comm.Abort(code)
 
     def exit_together(self, code: int):
-        """Every process ends with ``code``, having agreed to (a refused argument, Ctrl-C): MPI is
-        finalised first, so the launcher reports no abort (``python -m mpi4py`` aborts the job when
-        a process exits with a non-zero status, adding a line of its own to the one already said)."""
+        """Every process ends with ``code``, having agreed to (the run's end, a refused argument,
+        Ctrl-C): MPI is finalised first, so the launcher reports no abort (``python -m mpi4py`` aborts
+        the job when a process exits with a non-zero status, adding a line of its own to the one
+        already said). Finalising waits for the others; one that stalls now ends the job when the
+        rank timeout has passed."""
         sys.stdout.flush()
         sys.stderr.flush()
+        # MPI_Finalize blocks, holding the interpreter, until every process arrives: the watchdog is a
+        # process of its own, which ends this one (and the launcher then the job) if it never returns
+        message = (f"cnnxp: rank {self.rank}: no answer from the other ranks at the end for {self.timeout:g} s "
+                   "(one stalled or died): ending the job")
+        watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(self.timeout), message])
         self.MPI.Finalize()
+        watchdog.kill()
         os._exit(code)
 
 
@@ -410,6 +446,26 @@ def local_device(name: str, comm) -> str:
         raise ValueError(f"{comm.local_size} processes on this node but {count} GPU(s): start at most one process "
                          "per GPU (mpiexec -n ...), or name the devices")
     return get_device(f"cuda:{comm.local_rank}").name
+
+
+def _pickled(obj) -> np.ndarray:
+    """``obj`` as a writable byte array (MPI sends it from, and receives into, memory it may write)."""
+    return np.frombuffer(bytearray(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)), dtype=np.uint8)
+
+
+def abort_launched_job(status: int) -> None:
+    """End the whole job an MPI launcher started, from a process that stops before (or without) its
+    communicator: the others would otherwise wait for it in MPI's start-up or a first collective.
+    Does nothing without a launcher or mpi4py."""
+    if not launched():
+        return
+    try:
+        from mpi4py import MPI  # joins the others' start-up if this process had not
+    except ImportError:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    MPI.COMM_WORLD.Abort(status)
 
 
 def _gpu_count() -> int:

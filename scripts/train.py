@@ -13,5 +13,11 @@ if __name__ == "__main__":
     try:
         from cnnxp.cli import train_main
     except KeyboardInterrupt:  # Ctrl-C while Python loads: nothing started, nothing to say
+        try:  # but under mpiexec the other processes would wait for this one in MPI's start-up
+            from cnnxp.distributed import abort_launched_job
+
+            abort_launched_job(130)
+        except BaseException:
+            pass
         sys.exit(130)
     sys.exit(train_main())

@@ -380,3 +380,72 @@ def test_a_checkpoint_that_cannot_be_written_ends_both_processes_with_one_line(t
     lines = _error_lines(subprocess.CompletedProcess([], 1, out, err))
     assert len(lines) == 1 and lines[0].startswith(
         f"train.py: error: cannot write the checkpoint of epoch 2 to {str(checkpoint)!r}: Is a directory"), lines
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the ranks' processes in /proc")
+def test_a_process_stalled_while_rank_0_writes_its_last_files_ends_the_job(tmp_path):
+    """Rank 1 waits for rank 0's last files in an exchange of objects and stalls there: rank 0's side of
+    the exchange is non-blocking too, so the rank timeout ends the job instead of a wait without end."""
+    proc = _start_train(tmp_path, epochs=2, CNNXP_RANK_TIMEOUT="3")
+    _wait_for_file(tmp_path / "run" / "history.json", proc)  # written after epoch 1
+    stalled = None
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        if (tmp_path / "run" / "metrics.json").exists():  # rank 0 writes its last files: rank 1 waits for them
+            stalled = _rank_pid(str(tmp_path / "run"), 1)
+            if stalled is not None:
+                os.kill(stalled, signal.SIGSTOP)
+            break
+        time.sleep(0.005)
+    try:
+        start = time.monotonic()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if stalled is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stalled, signal.SIGKILL)
+    if stalled is None:
+        pytest.fail(f"rank 1 was not found while rank 0 wrote its files: {err}")
+    assert time.monotonic() - start < 30
+    if proc.returncode != 0:  # stopped in time: the job ends on the timeout (waiting for its last files, or
+        said = re.search(r"no answer from the other ranks (in an exchange of objects|at the end) for 3 s", err)
+        assert said, err  # in MPI's finalisation), not never
+
+
+def test_a_picture_that_cannot_be_written_before_training_ends_both_processes_with_one_line(tmp_path):
+    (tmp_path / "run" / "samples.png").mkdir(parents=True)
+    args = [a for a in _train_args(tmp_path / "run") if a != "--no-plots"]
+    done = mpirun(*args)
+    assert done.returncode == 1
+    assert _error_lines(done) == [f"train.py: error: cannot write {str(tmp_path / 'run' / 'samples.png')!r}: "
+                                  "Is a directory"]
+
+
+def test_a_process_that_stops_before_mpi_starts_ends_the_whole_job(tmp_path):
+    """The others would wait for it in MPI's start-up: ``abort_launched_job`` starts MPI and aborts."""
+    stops = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from cnnxp.distributed import abort_launched_job; "
+             "abort_launched_job(130)")
+    waits = "from mpi4py import MPI; MPI.COMM_WORLD.Barrier()"
+    start = time.monotonic()
+    done = subprocess.run([MPIEXEC, "-n", "1", sys.executable, "-c", stops, ":", "-n", "1", sys.executable, "-c", waits],
+                          capture_output=True, text=True, timeout=60, env=_env(), cwd=ROOT)
+    assert done.returncode != 0 and time.monotonic() - start < 30
+
+
+def test_a_first_signal_after_a_failed_write_asks_for_a_stop_and_a_second_raises(monkeypatch):
+    """A failed write asks every process to stop (kind "fail"); the user's first Ctrl-C is still a first
+    one (noted, agreed at the next step, "fail" keeping precedence), the second raises at once."""
+    from cnnxp import distributed
+    from cnnxp.cli.stop import StopSignals
+
+    monkeypatch.setattr(distributed, "_stop", {"requested": None, "agreed": None, "at": None})
+
+    class TwoProcesses:
+        size = 2
+
+    stop = StopSignals(TwoProcesses())
+    distributed.request_stop("fail")
+    stop._handle(signal.SIGINT, None)
+    assert distributed.requested_stop() == "fail"
+    with pytest.raises(KeyboardInterrupt):
+        stop._handle(signal.SIGINT, None)

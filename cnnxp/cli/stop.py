@@ -52,11 +52,12 @@ class StopSignals:
         self._previous.clear()
 
     def _handle(self, signum, frame) -> None:
-        if self.received is None:
+        first = self.received is None  # this process's first signal (a stop may be asked for otherwise too)
+        if first:
             self.received = signum
         if self._raised:  # the run is already stopping: a signal more must not cut its last writes short
             return
-        if self.comm.size > 1 and not distributed.stop_requested():
+        if self.comm.size > 1 and first:
             # every process stops after the same step, and ends as the signalled one would (130 or 143)
             distributed.request_stop("terminate" if signum == signal.SIGTERM else "interrupt")
             return

@@ -153,8 +153,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         return broken_pipe()
     except KeyboardInterrupt as exc:  # a signal as the run ended, after its files were written
         status = 143 if isinstance(exc, Terminated) else 130
-    if status != 0:  # every process got here with the same status (a failure of one aborts them all)
-        return holder["comm"].exit_together(status)
+    if status != 0 or holder["comm"].size > 1:  # every process got here with the same status (a failure of
+        return holder["comm"].exit_together(status)  # one aborts them all); MPI finalised, then exit
     return status
 
 
@@ -177,6 +177,8 @@ def _train_main(argv, holder: dict) -> int:
             status = stop.status(exc) if stop else 130
             if comm.size > 1:  # the others may be waiting in a collective this process will never join
                 comm.abort(status)
+            if isinstance(comm, distributed.SingleProcess):  # or in MPI's start-up, for this one
+                distributed.abort_launched_job(status)
             return status
         return _train(args, config, checkpoint, device, folders, train_data, test_data, comm, stop)
     except UsageError as exc:
@@ -252,9 +254,11 @@ def _train(args, config, checkpoint, device, folders: RunFolder, train_data, tes
             return _run(args, config, checkpoint, device, folders.out, train_data, test_data, last, comm, stop)
     except KeyboardInterrupt as exc:
         stop.stopping()
-        if distributed.agreed_stop() == "fail":  # rank 0 could not write an epoch's files: all stop, status 1
+        if distributed.agreed_stop() == "fail" or last.failure is not None:  # rank 0 could not write a file
             if comm.rank == 0:
                 remove_temporaries(folders.out)
+                if last.arrays is None:
+                    folders.close(remove=True)  # the folders this run made, if nothing went into them yet
                 note(PROG, f"error: {last.failure}")
             return 1
         if comm.rank == 0:
@@ -286,7 +290,13 @@ def _run(args, config, checkpoint, device, out: Path, train_data, test_data, las
     _report_start(run, args, checkpoint)
     written: list[str] = []
     earlier = _earlier_pictures(out) if comm.rank == 0 else []
-    plots_ok = not args.no_plots and comm.rank == 0 and report.draw_samples(run, names, written)
+    try:
+        plots_ok = not args.no_plots and comm.rank == 0 and report.draw_samples(run, names, written)
+    except (RunError, OSError) as exc:
+        if comm.size == 1 or isinstance(exc, BrokenPipeError):
+            raise
+        _failed(last, exc)
+        plots_ok = False
     run.stale, run.drawing = [out / name for name in earlier if name not in written], plots_ok
     epochs_before = len(run.history)
     _train_epochs(run, args.quiet, last)
@@ -299,6 +309,13 @@ def _run(args, config, checkpoint, device, out: Path, train_data, test_data, las
                 raise
             last.failure = _failure(exc)
     return _end_together(comm, last.failure) if comm.size > 1 else 0
+
+
+def _failed(last: LastEpoch, exc: Exception) -> None:
+    """Rank 0 could not write a file while several processes train: the others are already in the next
+    step, so the failure is kept and a stop asked for; all stop at that step, rank 0 says why, status 1."""
+    last.failure = _failure(exc)
+    distributed.request_stop("fail")
 
 
 def _write_results(run: _Run, result, names, checkpoint, last: LastEpoch, epochs_before: int, written: list[str],
@@ -458,9 +475,7 @@ def _save_epoch(run: _Run, last: LastEpoch, history: History) -> None:
         except (RunError, OSError) as exc:
             if run.comm.size == 1 or isinstance(exc, BrokenPipeError):
                 raise
-            # the others are already in the next step: they learn of it there (or at the end) and all stop
-            last.failure = _failure(exc)
-            distributed.request_stop("fail")
+            _failed(last, exc)
             return
     _remove_stale_pictures(run)
 

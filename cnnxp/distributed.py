@@ -160,16 +160,16 @@ class SingleProcess:
         return code
 
 
-#: `MPICommunicator.exit_together`'s watchdog: after argv[2] seconds, if process argv[1] still runs,
-#: say argv[3] and kill it.
+#: `MPICommunicator.exit_together`'s watchdog: if its parent, process argv[1], still runs after argv[2]
+#: seconds, say argv[3] and kill it (it leaves as soon as its parent is gone: no other process is hit).
 _WATCHDOG = """import os, signal, sys, time
-time.sleep(float(sys.argv[2]))
-try:
-    os.kill(int(sys.argv[1]), 0)
-except OSError:
-    sys.exit()
+parent, end = int(sys.argv[1]), time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    if os.getppid() != parent:
+        sys.exit()
+    time.sleep(0.2)
 print(sys.argv[3], file=sys.stderr, flush=True)
-os.kill(int(sys.argv[1]), signal.SIGKILL)
+os.kill(parent, signal.SIGKILL)
 """
 
 

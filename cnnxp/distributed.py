@@ -23,6 +23,7 @@ agreed on at the next step: all processes stop after the same step (`request_sto
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import pickle
@@ -280,7 +281,10 @@ class MPICommunicator:
         watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(self.timeout), message])
         self.MPI.Finalize()
         watchdog.kill()
-        os._exit(code)
+        watchdog.wait()
+        # C's exit, not os._exit: MPICH tells the launcher it finished in a C exit handler (without it the
+        # launcher takes the process for a crash and kills the others); Python's own teardown is skipped
+        ctypes.CDLL(None).exit(code)
 
 
 class NCCLCommunicator(MPICommunicator):
@@ -453,11 +457,14 @@ def _pickled(obj) -> np.ndarray:
     return np.frombuffer(bytearray(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)), dtype=np.uint8)
 
 
-def abort_launched_job(status: int) -> None:
-    """End the whole job an MPI launcher started, from a process that stops before (or without) its
-    communicator: the others would otherwise wait for it in MPI's start-up or a first collective.
-    Does nothing without a launcher or mpi4py."""
-    if not launched():
+def abort_launched_job(status: int, argv=None) -> None:
+    """End the whole job an MPI launcher started, from a process that stops before its communicator:
+    the others would otherwise wait for it in MPI's start-up or a first collective. Does nothing
+    without a launcher or mpi4py, or when the command line (``argv``, default ``sys.argv``) says
+    ``--distributed off``: then no process of the job joins MPI."""
+    words = sys.argv[1:] if argv is None else list(argv)
+    off = "--distributed=off" in words or any(a == "--distributed" and b == "off" for a, b in zip(words, words[1:], strict=False))
+    if not launched() or off:
         return
     try:
         from mpi4py import MPI  # joins the others' start-up if this process had not

@@ -449,3 +449,28 @@ def test_a_first_signal_after_a_failed_write_asks_for_a_stop_and_a_second_raises
     assert distributed.requested_stop() == "fail"
     with pytest.raises(KeyboardInterrupt):
         stop._handle(signal.SIGINT, None)
+
+
+def test_every_process_ends_with_the_agreed_status_and_no_launcher_banner(tmp_path):
+    """``exit_together`` finalises MPI and leaves through C's exit, whose handlers tell the launcher the
+    process finished: leaving without them, the launcher took a healthy end for a crash (status 9)."""
+    script = tmp_path / "end.py"
+    script.write_text(f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+                      "from cnnxp import distributed\n"
+                      "comm = distributed.init(); comm.barrier(); comm.exit_together(int(sys.argv[1]))\n")
+    for status in (0, 2, 0, 0, 2, 0):
+        done = mpirun(script, status, ranks=3, timeout=60)
+        assert done.returncode == status, done.stderr
+        assert "BAD TERMINATION" not in done.stdout + done.stderr
+
+
+def test_a_process_of_a_job_without_mpi_is_not_made_to_join_it():
+    """Under ``--distributed off`` no process joins MPI: stopping one must not start it (the others
+    would never come, and it would wait in MPI's start-up for ever)."""
+    code = ("import sys; from cnnxp.distributed import abort_launched_job\n"
+            "abort_launched_job(130, ['--epochs', '1', '--distributed', 'off'])\n"
+            "abort_launched_job(130, ['--distributed=off'])\n"
+            "print('mpi4py.MPI' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env=_env(PMI_SIZE="2", PMI_RANK="1"), cwd=ROOT)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr

@@ -178,7 +178,7 @@ def _train_main(argv, holder: dict) -> int:
             if comm.size > 1:  # the others may be waiting in a collective this process will never join
                 comm.abort(status)
             if isinstance(comm, distributed.SingleProcess):  # or in MPI's start-up, for this one
-                distributed.abort_launched_job(status)
+                distributed.abort_launched_job(status, argv)
             return status
         return _train(args, config, checkpoint, device, folders, train_data, test_data, comm, stop)
     except UsageError as exc:

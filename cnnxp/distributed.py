@@ -15,10 +15,14 @@ processes. The transport is an existing engine: MPI through mpi4py (imported onl
 launcher started the process: importing it initialises MPI) and, between GPUs, NCCL through
 CuPy, bootstrapped over MPI.
 
-No process waits forever: every collective is started non-blocking and waited for with a
-deadline (``CNNXP_RANK_TIMEOUT`` seconds, 300 by default); a process that waits longer says
-so in one line and aborts the job. Ctrl-C (which the launcher forwards to every process) is
-agreed on at the next step: all processes stop after the same step (`request_stop`).
+No process waits forever: every collective (Python objects too, pickled) is started
+non-blocking and waited for with a deadline (``CNNXP_RANK_TIMEOUT`` seconds, 300 by default,
+`STOP_GRACE` once a stop was asked for); a process that waits longer says so in one line and
+aborts the job, and MPI's finalisation has a watchdog of its own (`MPICommunicator.exit_together`).
+Ctrl-C (which the launcher forwards to every process) and a file rank 0 cannot write are agreed
+on at the next step: all processes stop after the same step (`request_stop`, `STOP_KINDS`).
+NCCL's collectives run on the GPU without a deadline of their own; the per-step exchange of
+sample counts over MPI, which has one, comes first, so a stalled process is noticed there.
 """
 
 from __future__ import annotations

@@ -276,7 +276,6 @@ def _train(args, config, checkpoint, device, folders: RunFolder, train_data, tes
         return 1
 
 
-
 def _run(args, config, checkpoint, device, out: Path, train_data, test_data, last: LastEpoch, comm, stop) -> int:
     """Build, train, evaluate, write and report: the steps of a run once its inputs are checked.
     Every process trains and evaluates; rank 0 alone writes and reports."""
@@ -290,32 +289,31 @@ def _run(args, config, checkpoint, device, out: Path, train_data, test_data, las
     _report_start(run, args, checkpoint)
     written: list[str] = []
     earlier = _earlier_pictures(out) if comm.rank == 0 else []
-    try:
+    plots_ok = False
+    with _agreed_failure(comm, last):
         plots_ok = not args.no_plots and comm.rank == 0 and report.draw_samples(run, names, written)
-    except (RunError, OSError) as exc:
-        if comm.size == 1 or isinstance(exc, BrokenPipeError):
-            raise
-        _failed(last, exc)
-        plots_ok = False
     run.stale, run.drawing = [out / name for name in earlier if name not in written], plots_ok
     epochs_before = len(run.history)
     _train_epochs(run, args.quiet, last)
     result = evaluate(run.model, run.test_loader, return_predictions=True)
     if comm.rank == 0 and last.failure is None:
-        try:
+        with _agreed_failure(comm, last):
             _write_results(run, result, names, checkpoint, last, epochs_before, written, plots_ok)
-        except (RunError, OSError) as exc:
-            if comm.size == 1 or isinstance(exc, BrokenPipeError):
-                raise
-            last.failure = _failure(exc)
     return _end_together(comm, last.failure) if comm.size > 1 else 0
 
 
-def _failed(last: LastEpoch, exc: Exception) -> None:
-    """Rank 0 could not write a file while several processes train: the others are already in the next
-    step, so the failure is kept and a stop asked for; all stop at that step, rank 0 says why, status 1."""
-    last.failure = _failure(exc)
-    distributed.request_stop("fail")
+@contextlib.contextmanager
+def _agreed_failure(comm, last: LastEpoch):
+    """Rank 0's writes. A failure is raised in one process; with several, the others are already on
+    their way to the next step, so it is kept (``last.failure``) and a stop asked for: all stop at that
+    step (or at the end, `_end_together`), rank 0 says why, status 1."""
+    try:
+        yield
+    except (RunError, OSError) as exc:
+        if comm.size == 1 or isinstance(exc, BrokenPipeError):
+            raise
+        last.failure = _failure(exc)
+        distributed.request_stop("fail")
 
 
 def _write_results(run: _Run, result, names, checkpoint, last: LastEpoch, epochs_before: int, written: list[str],
@@ -460,24 +458,19 @@ def _save_epoch(run: _Run, last: LastEpoch, history: History) -> None:
         return
     on_disk = last.epoch if last.saved else None
     arrays = _arrays(run, epoch)
-    with run.stop.deferred():
+    with run.stop.deferred(), _agreed_failure(run.comm, last):
         try:
-            try:
-                write_checkpoint(last.path, arrays)
-            except CheckpointError as exc:  # state `fit` found finite, but not all of it: never written
-                raise RunError(one_line(exc)) from None
-            except OSError as exc:
-                kept = f"; the checkpoint of epoch {on_disk} there is intact" if on_disk else ""
-                raise RunError(f"cannot write the checkpoint of epoch {epoch} to {str(last.path)!r}: "
-                               f"{exc.strerror or exc}{kept}") from None
-            last.keep(arrays, epoch, saved=True)
-            write_json(run.out / "history.json", history.rows)
-        except (RunError, OSError) as exc:
-            if run.comm.size == 1 or isinstance(exc, BrokenPipeError):
-                raise
-            _failed(last, exc)
-            return
-    _remove_stale_pictures(run)
+            write_checkpoint(last.path, arrays)
+        except CheckpointError as exc:  # state `fit` found finite, but not all of it: never written
+            raise RunError(one_line(exc)) from None
+        except OSError as exc:
+            kept = f"; the checkpoint of epoch {on_disk} there is intact" if on_disk else ""
+            raise RunError(f"cannot write the checkpoint of epoch {epoch} to {str(last.path)!r}: "
+                           f"{exc.strerror or exc}{kept}") from None
+        last.keep(arrays, epoch, saved=True)
+        write_json(run.out / "history.json", history.rows)
+    if last.failure is None:
+        _remove_stale_pictures(run)
 
 
 def _remove_stale_pictures(run: _Run) -> None:

@@ -33,6 +33,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -231,9 +232,10 @@ def launch(cmd: list[str], env: dict, timeout: float) -> tuple[str | None, float
     seconds = time.perf_counter() - start
     if proc.returncode == 0:
         return None, seconds
-    lines = [line.strip() for line in (err + out).splitlines() if line.strip()]
+    lines = [line.strip() for line in (err + out).splitlines() if line.strip().strip("=-")]  # no banners
     ours = [line for line in lines if line.startswith("benchmark worker")]
-    said = (ours or lines or ["no output"])[-1]
+    errors = [line for line in lines if re.search(r"(Error|Exception|error)\b", line)]
+    said = (ours or errors or lines or ["no output"])[-1]
     return f"exit status {proc.returncode}: {said}", seconds
 
 
@@ -275,11 +277,15 @@ def run_steps(args, found: dict, tmp: str) -> tuple[list[dict], list[dict]]:
             with open(spec_path, "w") as f:
                 json.dump({**spec, **config, "out": out, "timeout": timeout}, f)
             cmd = command(config["launcher"], config["processes"], found["mpiexec"], [SCRIPT, "--_worker", spec_path])
-            load = load_average()
-            problem, seconds = launch(cmd, clean_env(config["threads"], CNNXP_RANK_TIMEOUT=str(int(timeout))),
-                                      timeout)
-            if problem is None and not os.path.exists(out):
-                problem = "the worker wrote no results"
+            env = clean_env(config["threads"], CNNXP_RANK_TIMEOUT=str(int(timeout)))
+            for attempt in range(2):  # a launcher's start-up can fail now and then (torchrun's rendezvous): once more
+                load = load_average()
+                problem, seconds = launch(cmd, env, timeout)
+                if problem is None and not os.path.exists(out):
+                    problem = "the worker wrote no results"
+                if problem is None or problem.startswith("timed out") or attempt == 1:
+                    break
+                say(f"{config['label']} (launch {repeat + 1}) failed, trying it once more: {problem}")
             if problem:
                 failures.append({"config": name, "repeat": repeat, "error": problem})
                 say(f"{config['label']} (launch {repeat + 1}) failed: {problem}")

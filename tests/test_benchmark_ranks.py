@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -152,3 +153,47 @@ def test_ctrl_c_ends_the_benchmark_and_every_process_it_started(tmp_path):
     assert err.strip().splitlines()[-1] == "benchmark.py: interrupted" and "Traceback" not in err
     time.sleep(0.5)
     assert _workers_of(proc.pid) == []
+
+
+@pytest.mark.parametrize("failures_in_a_row", [1, 2])
+def test_a_failed_launch_is_tried_once_more(monkeypatch, capsys, failures_in_a_row):
+    """A launcher's start-up that fails now and then (torchrun's rendezvous) costs one more launch; a
+    second failure in a row is reported, with the line that says what went wrong."""
+    spec = importlib.util.spec_from_file_location("benchmark_ranks_r", ROOT / "scripts" / "benchmark_ranks.py")
+    ranks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ranks)
+    calls = []
+
+    def launch(cmd, env, timeout):
+        calls.append(cmd)
+        if len(calls) <= failures_in_a_row:
+            return "exit status 1: RuntimeError: the rendezvous timed out", 0.1
+        with open(cmd[cmd.index("--_worker") + 1]) as f:
+            out = json.load(f)["out"]
+        with open(out, "w") as f:
+            json.dump({"cells": [{"model": "seed", "batch": 8, "steps": 1, "rates": [1.0]}], "threads_seen": {}}, f)
+        return None, 0.1
+
+    monkeypatch.setattr(ranks, "launch", launch)
+    monkeypatch.setattr(ranks, "runnable", lambda config, found: config["label"].startswith("torch DDP"))
+    args = ranks.parse_args(["--ranks", "2", "--models", "seed", "--batch-sizes", "8", "--repeats", "1"])
+    with tempfile.TemporaryDirectory() as tmp:
+        launches, failed = ranks.run_steps(args, {"mpiexec": None, "torch": "x", "gloo": True}, tmp)
+    err = capsys.readouterr().err
+    assert "failed, trying it once more: exit status 1: RuntimeError: the rendezvous timed out" in err
+    assert len(calls) == 2
+    if failures_in_a_row == 1:
+        assert [launch["config"] for launch in launches] == ["torch-ddp"] and failed == []
+    else:
+        assert launches == [] and [f["error"] for f in failed] == ["exit status 1: RuntimeError: the rendezvous "
+                                                                   "timed out"]
+
+
+def test_a_failed_launch_is_said_by_its_error_line_not_a_banner():
+    spec = importlib.util.spec_from_file_location("benchmark_ranks_l", ROOT / "scripts" / "benchmark_ranks.py")
+    ranks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ranks)
+    code = ("import sys; print('RuntimeError: the store could not start', file=sys.stderr); "
+            "print('  root cause: see above', file=sys.stderr); print('=' * 40, file=sys.stderr); sys.exit(1)")
+    problem, _ = ranks.launch([sys.executable, "-c", code], _env(), timeout=60)
+    assert problem == "exit status 1: RuntimeError: the store could not start"

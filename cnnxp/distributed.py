@@ -38,20 +38,23 @@ import time
 import numpy as np  # host side: staging buffers and the small counts every step agrees on
 
 from .backend import array_device, to_device, to_numpy
+from .stopping import (  # re-exported: how the processes agree to stop is part of this module's interface
+    STOP_GRACE,
+    STOP_KINDS,
+    STOP_STATUS,
+    agree_on_stop,
+    agreed_stop,
+    request_stop,
+    requested_stop,
+    stop_asked_at,
+)
 
 __all__ = ["launched", "init", "SingleProcess", "MPICommunicator", "NCCLCommunicator", "DistributedOptimizer",
-           "DistributedUnavailableError", "STOP_KINDS", "STOP_GRACE", "agreed_stop", "agree_on_stop", "request_stop",
-           "requested_stop", "stop_requested", "limit_threads", "local_device", "abort_launched_job"]
+           "DistributedUnavailableError", "STOP_KINDS", "STOP_STATUS", "STOP_GRACE", "agreed_stop", "agree_on_stop",
+           "request_stop", "requested_stop", "stop_asked_at", "limit_threads", "local_device", "abort_launched_job"]
 
 #: Variables an MPI launcher sets in every process it starts (MPICH/Hydra, Open MPI, PMIx).
 LAUNCHER_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
-#: How a process was asked to stop, and how all of them agreed to, in rising precedence
-#: (``"interrupt"``: Ctrl-C; ``"terminate"``: SIGTERM; ``"fail"``: rank 0 could not write a file).
-STOP_KINDS = ("interrupt", "terminate", "fail")
-#: Seconds a process waits for the others once it was asked to stop, before it ends the job.
-STOP_GRACE = 10.0
-_stop: dict = {"requested": None, "agreed": None, "at": None}
-
 
 class DistributedUnavailableError(RuntimeError):
     """Data-parallel training was asked for, but what it needs (mpi4py, NCCL) is not installed."""
@@ -70,40 +73,6 @@ def launcher_rank() -> int | None:
         if value.isdigit():
             return int(value)
     return None
-
-
-def request_stop(kind: str = "interrupt") -> None:
-    """Ask every process to stop after the current step (a signal handler calls this); ``kind`` (one
-    of `STOP_KINDS`) travels with the request, so every process ends as the one that was signalled.
-    A process that then waits for the others more than `STOP_GRACE` seconds ends the job."""
-    if kind not in STOP_KINDS:
-        raise ValueError(f"request_stop kind must be one of {STOP_KINDS}, got {kind!r}")
-    if _stop["requested"] is None or STOP_KINDS.index(kind) > STOP_KINDS.index(_stop["requested"]):
-        _stop["requested"] = kind
-    _stop["at"] = _stop["at"] or time.monotonic()
-
-
-def stop_requested() -> bool:
-    return _stop["requested"] is not None
-
-
-def requested_stop() -> str | None:
-    """The kind of stop this process was asked for (None: none)."""
-    return _stop["requested"]
-
-
-def agreed_stop() -> str | None:
-    """How the processes agreed to stop at the step that raised KeyboardInterrupt (None before)."""
-    return _stop["agreed"]
-
-
-def agree_on_stop(flags) -> str | None:
-    """The kind of stop that wins among ``flags`` (per `STOP_KINDS`, how many processes asked for
-    each), recorded as `agreed_stop`; None when none was asked for."""
-    asked = [kind for kind, count in zip(STOP_KINDS, flags, strict=True) if count]
-    if asked:
-        _stop["agreed"] = asked[-1]
-    return asked[-1] if asked else None
 
 
 def rank_timeout() -> float:
@@ -208,12 +177,12 @@ class MPICommunicator:
         deadline, spin = start + self.timeout, start + 0.02
         while not request.Test():
             now = time.monotonic()
-            asked = _stop["at"]
+            asked = stop_asked_at()
             if now > deadline or (asked is not None and now > max(asked, start) + STOP_GRACE):
                 waited = f"{self.timeout:g} s" if now > deadline else f"{STOP_GRACE:g} s after the stop was asked for"
                 print(f"cnnxp: rank {self.rank}: no answer from the other ranks in {what} for {waited} "
                       "(one stalled or died): ending the job", file=sys.stderr, flush=True)
-                self.abort(1 if now > deadline else {"terminate": 143, "fail": 1}.get(_stop["requested"], 130))
+                self.abort(1 if now > deadline else STOP_STATUS[requested_stop()])
             if now > spin:
                 time.sleep(1e-3)
 
@@ -398,7 +367,7 @@ class DistributedOptimizer:
         carries the rows and whether a process was asked to stop (on the host; a GPU's gradient
         goes in an allreduce of its own, so that nothing is read back from it)."""
         n = self.model.last_batch_size
-        asked = [int(_stop["requested"] == kind) for kind in STOP_KINDS]
+        asked = [int(requested_stop() == kind) for kind in STOP_KINDS]
         extra = 1 + len(asked)
         opt = self.optimizer
         with self.model.device.activate():
@@ -461,14 +430,11 @@ def _pickled(obj) -> np.ndarray:
     return np.frombuffer(bytearray(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)), dtype=np.uint8)
 
 
-def abort_launched_job(status: int, argv=None) -> None:
+def abort_launched_job(status: int) -> None:
     """End the whole job an MPI launcher started, from a process that stops before its communicator:
     the others would otherwise wait for it in MPI's start-up or a first collective. Does nothing
-    without a launcher or mpi4py, or when the command line (``argv``, default ``sys.argv``) says
-    ``--distributed off``: then no process of the job joins MPI."""
-    words = sys.argv[1:] if argv is None else list(argv)
-    off = "--distributed=off" in words or any(a == "--distributed" and b == "off" for a, b in zip(words, words[1:], strict=False))
-    if not launched() or off:
+    without a launcher or mpi4py (a job whose processes never join MPI must not call it)."""
+    if not launched():
         return
     try:
         from mpi4py import MPI  # joins the others' start-up if this process had not

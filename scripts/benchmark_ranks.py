@@ -80,7 +80,7 @@ def check(args) -> str | None:
     return None
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):  # scripts/benchmark.py's too
     def error(self, message):  # one line, not argparse's usage block
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         sys.exit(2)
@@ -88,7 +88,7 @@ class _Parser(argparse.ArgumentParser):
 
 def parse_args(argv=None):
     """The flags when this file runs on its own (scripts/benchmark.py --ranks N hands over the same ones)."""
-    p = _Parser(description=__doc__.split("\n\n")[0])
+    p = OneLineParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ranks", type=int, default=2, help="processes (and threads) N (default 2)")
     p.add_argument("--models", default="seed,lenet5", help="comma-separated: seed, lenet5")
     p.add_argument("--batch-sizes", default="64,256", help="global batch sizes, comma-separated (default 64,256)")

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One GPU check: the CUDA tests (pytest -m cuda: tests/test_cuda.py, the backend matrix's CuPy
 # entries, and tests/test_distributed.py's GPU cases: NCCL with one process, two processes sharing
-# cuda:0 through MPI, which need mpi4py and mpiexec), then scripts/gpu_benchmark.py (LeNet-5 and the fashion preset, batch 256 and 1024: cnnxp
-# on CuPy against PyTorch CUDA and cnnxp on the CPU, TF32 off), then a short summary.
+# cuda:0 through MPI, which need mpi4py and mpiexec), then scripts/gpu_benchmark.py (LeNet-5 and
+# the fashion preset, batch 256 and 1024: cnnxp on CuPy against PyTorch CUDA and cnnxp on the CPU,
+# TF32 off), then a short summary.
 #
 #   scripts/check_gpu.sh            # results under $OUT (default /tmp/cnnxp-gpu): at most 6 files
 #   QUICK=1 scripts/check_gpu.sh    # fewer, shorter benchmark rounds

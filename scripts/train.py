@@ -14,9 +14,9 @@ if __name__ == "__main__":
         from cnnxp.cli import train_main
     except KeyboardInterrupt:  # Ctrl-C while Python loads: nothing started, nothing to say
         try:  # but under mpiexec the other processes would wait for this one in MPI's start-up
-            from cnnxp.distributed import abort_launched_job
+            from cnnxp.cli.parallel import abort_before_start
 
-            abort_launched_job(130)
+            abort_before_start(130)
         except BaseException:
             pass
         sys.exit(130)

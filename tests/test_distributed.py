@@ -422,9 +422,9 @@ def test_a_picture_that_cannot_be_written_before_training_ends_both_processes_wi
 
 
 def test_a_process_that_stops_before_mpi_starts_ends_the_whole_job(tmp_path):
-    """The others would wait for it in MPI's start-up: ``abort_launched_job`` starts MPI and aborts."""
-    stops = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from cnnxp.distributed import abort_launched_job; "
-             "abort_launched_job(130)")
+    """The others would wait for it in MPI's start-up: ``abort_before_start`` starts MPI and aborts."""
+    stops = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from cnnxp.cli.parallel import abort_before_start; "
+             "abort_before_start(130, ['--epochs', '1'])")
     waits = "from mpi4py import MPI; MPI.COMM_WORLD.Barrier()"
     start = time.monotonic()
     done = subprocess.run([MPIEXEC, "-n", "1", sys.executable, "-c", stops, ":", "-n", "1", sys.executable, "-c", waits],
@@ -435,10 +435,10 @@ def test_a_process_that_stops_before_mpi_starts_ends_the_whole_job(tmp_path):
 def test_a_first_signal_after_a_failed_write_asks_for_a_stop_and_a_second_raises(monkeypatch):
     """A failed write asks every process to stop (kind "fail"); the user's first Ctrl-C is still a first
     one (noted, agreed at the next step, "fail" keeping precedence), the second raises at once."""
-    from cnnxp import distributed
+    from cnnxp import distributed, stopping
     from cnnxp.cli.stop import StopSignals
 
-    monkeypatch.setattr(distributed, "_stop", {"requested": None, "agreed": None, "at": None})
+    monkeypatch.setattr(stopping, "_stop", {"requested": None, "agreed": None, "at": None})
 
     class TwoProcesses:
         size = 2
@@ -467,9 +467,9 @@ def test_every_process_ends_with_the_agreed_status_and_no_launcher_banner(tmp_pa
 def test_a_process_of_a_job_without_mpi_is_not_made_to_join_it():
     """Under ``--distributed off`` no process joins MPI: stopping one must not start it (the others
     would never come, and it would wait in MPI's start-up for ever)."""
-    code = ("import sys; from cnnxp.distributed import abort_launched_job\n"
-            "abort_launched_job(130, ['--epochs', '1', '--distributed', 'off'])\n"
-            "abort_launched_job(130, ['--distributed=off'])\n"
+    code = ("import sys; from cnnxp.cli.parallel import abort_before_start\n"
+            "abort_before_start(130, ['--epochs', '1', '--distributed', 'off'])\n"
+            "abort_before_start(130, ['--distributed=off'])\n"
             "print('mpi4py.MPI' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           env=_env(PMI_SIZE="2", PMI_RANK="1"), cwd=ROOT)

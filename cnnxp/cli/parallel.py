@@ -3,8 +3,9 @@
 Every process parses the same flags, reads the same checkpoint and data and trains its share;
 rank 0 alone prints, makes the run folder (and tells the others where it is), writes
 checkpoints, JSON files and pictures. A bad argument found by any process ends every process
-with the same one line (printed once) and status 2; a failure while training (a checkpoint that
-cannot be written) ends the whole job at once instead of leaving the others waiting.
+with the same one line (printed once) and status 2; a file rank 0 cannot write stops every process
+at the next step, status 1 (`agreed_failure`), and any other failure while training ends the whole
+job at once (`fail`) instead of leaving the others waiting.
 Ctrl-C and SIGTERM, which the launcher forwards to every process, are agreed on at the next step
 (`cnnxp.distributed.request_stop`, through `stop.StopSignals`): all stop after the same step, rank 0
 saves, status 130 or 143 on every process. A diverged run ends every process alike (the epoch's
@@ -13,15 +14,17 @@ loss is summed over all of them before it is checked), with status 1.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import zlib
 
 import numpy as np  # host side: the data's checksum
 
 from .. import distributed
-from .common import UsageError, note, one_line, set_silent
+from .common import RunError, UsageError, note, one_line, set_silent
 
-__all__ = ["start", "local_device", "fingerprint", "agree", "fail"]
+__all__ = ["start", "abort_before_start", "local_device", "fingerprint", "agree", "agreed_failure", "end_together",
+           "failure_line", "fail"]
 
 
 def start(args, holder: dict):
@@ -45,6 +48,16 @@ def start(args, holder: dict):
     if comm.size > 1:
         distributed.limit_threads(comm)
     return comm
+
+
+def abort_before_start(status: int, argv=None) -> None:
+    """A process that stops before its communicator exists (Ctrl-C while it loads): end the whole job,
+    whose other processes would wait for it in MPI's start-up (`distributed.abort_launched_job`);
+    not under ``--distributed off`` (``argv``, default ``sys.argv``), where none of them joins MPI."""
+    words = sys.argv[1:] if argv is None else list(argv)
+    pairs = zip(words, words[1:], strict=False)
+    if "--distributed=off" not in words and ("--distributed", "off") not in pairs:
+        distributed.abort_launched_job(status)
 
 
 def local_device(name: str, comm) -> str:
@@ -87,8 +100,8 @@ def agree(comm, error: UsageError | None, value=None, same: dict | None = None):
     first = next((v for v, _ in verdicts if v is not None), None)
     if first is not None:
         raise UsageError(first)
+    mine = verdicts[0][1]
     for rank, (_, theirs) in enumerate(verdicts):
-        mine = verdicts[0][1]
         if theirs != mine:
             key = next(k for k in mine if mine[k] != theirs.get(k))
             if key == "data":
@@ -99,6 +112,40 @@ def agree(comm, error: UsageError | None, value=None, same: dict | None = None):
             raise UsageError(f"the processes would train on different {key}: {what}; every process must read the "
                              "same dataset and checkpoint (--dataset, --data-dir, --resume on a shared disk)")
     return comm.bcast(value)
+
+
+def failure_line(exc: Exception) -> str:
+    """A failed write (RunError, or an OSError of a picture or the last files) in one line."""
+    if isinstance(exc, OSError):
+        return f"cannot write {exc.filename!r}: {exc.strerror}" if exc.filename else one_line(exc)
+    return str(exc)
+
+
+@contextlib.contextmanager
+def agreed_failure(comm, last):
+    """Rank 0's writes. A failure is raised in one process; with several, the others are already on
+    their way to the next step, so it is kept (``last.failure``, a `runs.LastEpoch`) and a stop asked
+    for: all stop at that step (or at the end, `end_together`), rank 0 says why, status 1."""
+    try:
+        yield
+    except (RunError, OSError) as exc:
+        if comm.size == 1 or isinstance(exc, BrokenPipeError):
+            raise
+        last.failure = failure_line(exc)
+        distributed.request_stop("fail")
+
+
+def end_together(comm, failure: str | None, prog: str) -> int:
+    """Every process waits for rank 0's last files, then all end alike: 1 when rank 0 could not write
+    one (said once, MPI finalised, no abort), 130 or 143 when a signal came after training, else 0."""
+    said = comm.allgather((failure, distributed.requested_stop()))
+    failure = said[0][0]
+    if failure is not None:
+        if comm.rank == 0:
+            note(prog, f"error: {failure}")
+        return distributed.STOP_STATUS["fail"]
+    kind = distributed.agree_on_stop([sum(asked == kind for _, asked in said) for kind in distributed.STOP_KINDS])
+    return 0 if kind is None else distributed.STOP_STATUS[kind]
 
 
 def fail(comm, prog: str, message: str, code: int = 1) -> int:

@@ -80,7 +80,7 @@ class StopSignals:
         processes, what they agreed on (SIGTERM to any one of them ends them all with 143)."""
         terminated = (isinstance(exc, Terminated) or self.received == signal.SIGTERM
                       or distributed.agreed_stop() == "terminate")
-        return 143 if terminated else 130
+        return distributed.STOP_STATUS["terminate" if terminated else "interrupt"]
 
     def word(self, exc: BaseException) -> str:
         return "terminated" if self.status(exc) == 143 else "interrupted"

@@ -178,7 +178,7 @@ def _train_main(argv, holder: dict) -> int:
             if comm.size > 1:  # the others may be waiting in a collective this process will never join
                 comm.abort(status)
             if isinstance(comm, distributed.SingleProcess):  # or in MPI's start-up, for this one
-                distributed.abort_launched_job(status, argv)
+                parallel.abort_before_start(status, argv)
             return status
         return _train(args, config, checkpoint, device, folders, train_data, test_data, comm, stop)
     except UsageError as exc:
@@ -188,18 +188,11 @@ def _train_main(argv, holder: dict) -> int:
     except BrokenPipeError:
         raise
     except (RunError, OSError) as exc:  # a picture or the last checkpoint that cannot be written
-        return parallel.fail(comm, PROG, f"error: {_failure(exc)}")
+        return parallel.fail(comm, PROG, f"error: {parallel.failure_line(exc)}")
     finally:
         folders.close()
         if stop is not None:
             stop.restore()
-
-
-def _failure(exc: Exception) -> str:
-    """A failed write (RunError, or an OSError of a picture or the last files) in one line."""
-    if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
-        return f"cannot write {exc.filename!r}: {exc.strerror}" if exc.filename else one_line(exc)
-    return str(exc)
 
 
 def _prepare(args, comm, folders: RunFolder):
@@ -254,19 +247,16 @@ def _train(args, config, checkpoint, device, folders: RunFolder, train_data, tes
             return _run(args, config, checkpoint, device, folders.out, train_data, test_data, last, comm, stop)
     except KeyboardInterrupt as exc:
         stop.stopping()
-        if distributed.agreed_stop() == "fail" or last.failure is not None:  # rank 0 could not write a file
-            if comm.rank == 0:
-                remove_temporaries(folders.out)
-                if last.arrays is None:
-                    folders.close(remove=True)  # the folders this run made, if nothing went into them yet
-                note(PROG, f"error: {last.failure}")
-            return 1
+        failed = distributed.agreed_stop() == "fail" or last.failure is not None  # rank 0 could not write a file
         if comm.rank == 0:
             remove_temporaries(folders.out)  # those of a write the signal cut short
             if last.arrays is None:
                 folders.close(remove=True)  # the folders this run made, if nothing went into them yet
-            interrupted(last, PROG, resume_hint(args, device, last.path, comm.size), args.resume, stop.word(exc))
-        return stop.status(exc)
+            if failed:
+                note(PROG, f"error: {last.failure}")
+            else:
+                interrupted(last, PROG, resume_hint(args, device, last.path, comm.size), args.resume, stop.word(exc))
+        return distributed.STOP_STATUS["fail"] if failed else stop.status(exc)
     except DivergedError as exc:
         stop.stopping()
         if comm.rank == 0:
@@ -290,30 +280,16 @@ def _run(args, config, checkpoint, device, out: Path, train_data, test_data, las
     written: list[str] = []
     earlier = _earlier_pictures(out) if comm.rank == 0 else []
     plots_ok = False
-    with _agreed_failure(comm, last):
+    with parallel.agreed_failure(comm, last):
         plots_ok = not args.no_plots and comm.rank == 0 and report.draw_samples(run, names, written)
     run.stale, run.drawing = [out / name for name in earlier if name not in written], plots_ok
     epochs_before = len(run.history)
     _train_epochs(run, args.quiet, last)
     result = evaluate(run.model, run.test_loader, return_predictions=True)
     if comm.rank == 0 and last.failure is None:
-        with _agreed_failure(comm, last):
+        with parallel.agreed_failure(comm, last):
             _write_results(run, result, names, checkpoint, last, epochs_before, written, plots_ok)
-    return _end_together(comm, last.failure) if comm.size > 1 else 0
-
-
-@contextlib.contextmanager
-def _agreed_failure(comm, last: LastEpoch):
-    """Rank 0's writes. A failure is raised in one process; with several, the others are already on
-    their way to the next step, so it is kept (``last.failure``) and a stop asked for: all stop at that
-    step (or at the end, `_end_together`), rank 0 says why, status 1."""
-    try:
-        yield
-    except (RunError, OSError) as exc:
-        if comm.size == 1 or isinstance(exc, BrokenPipeError):
-            raise
-        last.failure = _failure(exc)
-        distributed.request_stop("fail")
+    return parallel.end_together(comm, last.failure, PROG) if comm.size > 1 else 0
 
 
 def _write_results(run: _Run, result, names, checkpoint, last: LastEpoch, epochs_before: int, written: list[str],
@@ -333,19 +309,6 @@ def _write_results(run: _Run, result, names, checkpoint, last: LastEpoch, epochs
     print(f"test accuracy {100 * result.accuracy:.2f}% (loss {result.loss:.4f}) after {plural(len(run.history), 'epoch')} "
           f"on {config['dataset']}, {metrics['train_seconds']:.1f} s of training", flush=True)
     print(f"wrote {out}/: {files}", flush=True)
-
-
-def _end_together(comm, failure: str | None) -> int:
-    """Every process waits for rank 0's last files, then all end alike: 1 when rank 0 could not write
-    one (said once, MPI finalised, no abort), 130 or 143 when a signal came after training, else 0."""
-    said = comm.allgather((failure, distributed.requested_stop()))
-    failure = said[0][0]
-    if failure is not None:
-        if comm.rank == 0:
-            note(PROG, f"error: {failure}")
-        return 1
-    kind = distributed.agree_on_stop([sum(asked == kind for _, asked in said) for kind in distributed.STOP_KINDS])
-    return 0 if kind is None else 143 if kind == "terminate" else 130
 
 
 def _earlier_pictures(out: Path) -> list[str]:
@@ -458,7 +421,7 @@ def _save_epoch(run: _Run, last: LastEpoch, history: History) -> None:
         return
     on_disk = last.epoch if last.saved else None
     arrays = _arrays(run, epoch)
-    with run.stop.deferred(), _agreed_failure(run.comm, last):
+    with run.stop.deferred(), parallel.agreed_failure(run.comm, last):
         try:
             write_checkpoint(last.path, arrays)
         except CheckpointError as exc:  # state `fit` found finite, but not all of it: never written
